@@ -1,0 +1,116 @@
+"""Calibration: stream ID batches through the tapped graph to fit each method, then score the
+ID set with the folded graph to set thresholds and keep p-value references.
+
+Knows nothing of any method's formula: it moves tap values to Method.fit_update and scores out
+of the graph.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from edgeood.data import ImageSource, Preprocess, jigsaw
+from edgeood.errors import EdgeoodError
+from edgeood.graph.head import ClassifierHead
+from edgeood.graph.model import to_model
+from edgeood.graph.taps import tapped
+from edgeood.methods.base import Method
+from edgeood.progress import track, warn
+from edgeood.runtime.ort_backend import OrtBackend
+
+MIN_IMAGES = 20
+RECOMMENDED_IMAGES = 100
+MAX_REFERENCE = 5000
+
+
+def check_count(source: ImageSource) -> int:
+    n = len(source)
+    if n < MIN_IMAGES:
+        raise EdgeoodError(f"{source.name} holds {n} images; calibration needs at least "
+                           f"{MIN_IMAGES} (>= {RECOMMENDED_IMAGES} recommended): add ID images")
+    if n < RECOMMENDED_IMAGES:
+        warn(f"{source.name} holds {n} images; thresholds from fewer than "
+             f"{RECOMMENDED_IMAGES} calibration images are unreliable")
+    return n
+
+
+def fit_methods(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
+                source: ImageSource, pre: Preprocess, batch_size: int, seed: int,
+                progress: bool = False) -> None:
+    """Run the tapped graph over the ID images (and their jigsaws when a method asks) and feed
+    every method that fits statistics."""
+    fitting = [m for m in methods if m.needs_fit]
+    if not fitting:
+        return
+    alias = {"logits": head.logits, "z": head.z}
+    keys = list(dict.fromkeys(k for m in fitting for k in m.fit_taps()))
+    names = [alias.get(k, k) for k in keys]
+    backend = OrtBackend(to_model(tapped(graph, names)).SerializeToString())
+    rng = np.random.default_rng(seed)
+    want_jigsaw = any(m.needs_jigsaw for m in fitting)
+    for batch in track(source.batches(pre, batch_size), -(-len(source) // batch_size),
+                       "fitting", progress):
+        runs = [("id", batch.x)]
+        if want_jigsaw:
+            runs.append(("jigsaw", jigsaw(batch.x, rng, pre.zero_pixel())))
+        for kind, x in runs:
+            out = backend.run(x, names)
+            taps = {k: out[n] for k, n in zip(keys, names)}
+            for m in fitting:
+                if kind == "id" or m.needs_jigsaw:
+                    m.fit_update(taps, kind)
+    for m in fitting:
+        m.fit_end()
+
+
+@dataclass
+class ScoredSet:
+    scores: dict[str, np.ndarray]
+    logits: np.ndarray
+    count: int
+    data_hash: str
+
+
+def score_source(backend: OrtBackend, methods: list[str], source: ImageSource, pre: Preprocess,
+                 batch_size: int, progress: bool = False) -> ScoredSet:
+    """Scores of every method (from the folded graph) over a source."""
+    names = ["logits"] + [f"score_{m}" for m in methods]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    h = hashlib.sha256()
+    for batch in track(source.batches(pre, batch_size), -(-len(source) // batch_size),
+                       "scoring", progress):
+        h.update(batch.x.tobytes())
+        for n, v in backend.run(batch.x, names).items():
+            parts[n].append(v)
+    cat = {n: np.concatenate(v) for n, v in parts.items()}
+    return ScoredSet({m: cat[f"score_{m}"] for m in methods}, cat["logits"], len(source),
+                     h.hexdigest()[:16])
+
+
+def threshold_at(scores: np.ndarray, tpr: float) -> float:
+    """The score below which a fraction 1 - tpr of ID images falls (5th percentile at 0.95)."""
+    if not 0 < tpr < 1:
+        raise EdgeoodError(f"--tpr {tpr} must be in (0, 1); e.g. 0.95")
+    finite = scores[np.isfinite(scores)]
+    if len(finite) < len(scores):
+        raise EdgeoodError(f"{len(scores) - len(finite)} calibration scores are NaN/Inf; the "
+                           "model or method is numerically unstable on these images")
+    return float(np.percentile(finite.astype(np.float64), 100.0 * (1.0 - tpr)))
+
+
+def reference_scores(scores: np.ndarray, seed: int, max_n: int = MAX_REFERENCE) -> np.ndarray:
+    """Sorted ID scores for conformal p-values, a seeded subsample of at most max_n."""
+    s = np.asarray(scores, np.float32)
+    if len(s) > max_n:
+        s = np.random.default_rng(seed).choice(s, size=max_n, replace=False)
+    return np.sort(s)
+
+
+def conformal_pvalue(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """p(s) = (1 + #{ref <= s}) / (n + 1), in NumPy (for tests and host-side use)."""
+    ref = np.sort(np.asarray(reference, np.float32))
+    counts = np.searchsorted(ref, np.asarray(scores, np.float32), side="right")
+    return (1.0 + counts) / (len(ref) + 1.0)

@@ -1,0 +1,252 @@
+"""Image sources (folders, .npy/.npz arrays, in-memory arrays), preprocessing, jigsaw images.
+
+uint8 images are H x W x C in RGB order (PIL's); they are resized (when the preprocessing allows
+it), normalised with mean/std in [0, 1] units and transposed to N x C x H x W float32. float32
+N x C x H x W arrays are taken as already preprocessed.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from edgeood.errors import EdgeoodError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
+
+@dataclass
+class Preprocess:
+    """How a camera frame becomes the model input."""
+
+    size: tuple[int, int]
+    channels: int = 3
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    resize: bool = True
+    color: str = "RGB"  # RGB, BGR or GRAY: the channel order the model expects
+
+    def __post_init__(self):
+        self.size = (int(self.size[0]), int(self.size[1]))
+        self.mean = tuple(float(v) for v in np.broadcast_to(self.mean, (self.channels,)))
+        self.std = tuple(float(v) for v in np.broadcast_to(self.std, (self.channels,)))
+        if self.channels == 1:
+            self.color = "GRAY"
+
+    # --- metadata ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["layout"] = "NCHW"
+        d["scale"] = "pixel / 255"
+        if len(set(self.std)) == 1:  # DeepStream nvinfer: y = net-scale-factor * (x - offsets)
+            d["deepstream"] = {"net-scale-factor": 1.0 / (255.0 * self.std[0]),
+                               "offsets": [255.0 * m for m in self.mean],
+                               "model-color-format": {"RGB": 0, "BGR": 1, "GRAY": 2}[self.color]}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        keys = ("size", "channels", "mean", "std", "resize", "color")
+        return cls(**{k: d[k] for k in keys if k in d})
+
+    # --- transforms -------------------------------------------------------------------------
+    def zero_pixel(self) -> np.ndarray:
+        """The normalised value of a black pixel, per channel."""
+        return (0.0 - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 N x H x W x C -> float32 N x C x H x W."""
+        x = pixels.astype(np.float32) / np.float32(255.0)
+        if self.color == "BGR":
+            x = x[..., ::-1]
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def fit_image(self, img: np.ndarray, where: str = "image") -> np.ndarray:
+        """Check channels and bring one uint8 image to H x W x C at the model size."""
+        if img.ndim == 2:
+            img = img[:, :, None]
+        if img.ndim != 3:
+            raise EdgeoodError(f"{where} has shape {img.shape}; pass H x W x C uint8 images")
+        if img.shape[2] == 4 and self.channels == 3:
+            img = img[:, :, :3]
+        if img.shape[2] != self.channels:
+            raise EdgeoodError(f"{where} has {img.shape[2]} channels but the model takes "
+                               f"{self.channels}; convert the images (e.g. to "
+                               f"{'grayscale' if self.channels == 1 else 'RGB'}) first")
+        if tuple(img.shape[:2]) != self.size:
+            if not self.resize:
+                raise EdgeoodError(f"{where} is {img.shape[1]}x{img.shape[0]} but the model takes "
+                                   f"{self.size[1]}x{self.size[0]}; resize the images or pass "
+                                   "--imgsz to export a model for that size")
+            from PIL import Image
+            mode = "L" if self.channels == 1 else "RGB"
+            pil = Image.fromarray(img[:, :, 0] if self.channels == 1 else img, mode)
+            img = np.asarray(pil.resize((self.size[1], self.size[0]), Image.BILINEAR))
+            img = img.reshape(self.size[0], self.size[1], self.channels)
+        return img
+
+    def check_float(self, x: np.ndarray, where: str = "input") -> np.ndarray:
+        """Validate an already-preprocessed N x C x H x W array."""
+        want = (self.channels, *self.size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise EdgeoodError(f"{where} has shape {tuple(x.shape)}; the model takes float32 "
+                               f"N x {want[0]} x {want[1]} x {want[2]} (or uint8 N x H x W x C images)")
+        bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if bad.any():
+            raise EdgeoodError(f"{where} contains NaN or Inf values (image {int(np.argmax(bad))}); "
+                               "fix the preprocessing that produced it")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@dataclass
+class Batch:
+    x: np.ndarray                 # float32 N x C x H x W, preprocessed
+    labels: np.ndarray | None
+
+
+class ImageSource:
+    """A set of images read lazily in batches: files, a uint8 array, or a float array."""
+
+    def __init__(self, name: str, files: list[Path] | None = None, array: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, class_names: list[str] | None = None):
+        self.name, self.files, self.array = name, files, array
+        self.labels, self.class_names = labels, class_names
+
+    def __len__(self) -> int:
+        return len(self.files) if self.files is not None else len(self.array)
+
+    def batches(self, pre: Preprocess, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            labels = None if self.labels is None else self.labels[start:stop]
+            yield Batch(self._load(pre, start, stop), labels)
+
+    def _load(self, pre: Preprocess, start: int, stop: int) -> np.ndarray:
+        if self.files is not None:
+            return pre.normalize(np.stack([pre.fit_image(read_image(f, pre.channels), str(f))
+                                           for f in self.files[start:stop]]))
+        chunk = self.array[start:stop]
+        if isinstance(chunk, list) or chunk.dtype == np.uint8:
+            return pre.normalize(np.stack([pre.fit_image(img, f"{self.name}[{start + i}]")
+                                           for i, img in enumerate(chunk)]))
+        return pre.check_float(chunk, f"{self.name}[{start}:{stop}]")
+
+    def fingerprint(self) -> str:
+        """A cheap hash identifying the set (file names and sizes, or array bytes)."""
+        h = hashlib.sha256()
+        if self.files is not None:
+            for f in self.files:
+                h.update(f"{f.name}:{f.stat().st_size};".encode())
+        else:
+            h.update(np.ascontiguousarray(self.array).tobytes())
+        return h.hexdigest()[:16]
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise EdgeoodError(f"cannot read image {path} ({exc.__class__.__name__}); "
+                           "remove or replace the file") from None
+
+
+def _list_images(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise EdgeoodError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                           "point it at a folder of images or a .npy/.npz array")
+    rel = [p.relative_to(folder) for p in files]
+    if all(len(r.parts) == 2 for r in rel):  # class sub-folders give labels
+        names = sorted({r.parts[0] for r in rel})
+        index = {n: i for i, n in enumerate(names)}
+        return files, np.array([index[r.parts[0]] for r in rel]), names
+    return files, None, None
+
+
+def _check_array(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        if arr.ndim == 3:
+            arr = arr[..., None]
+        if arr.ndim != 4:
+            raise EdgeoodError(f"{name}: a uint8 array must be N x H x W x C images, got {arr.shape}")
+        return arr
+    if arr.dtype.kind == "f":
+        if arr.ndim != 4:
+            raise EdgeoodError(f"{name}: a float array must be N x C x H x W, got {arr.shape}")
+        return arr.astype(np.float32, copy=False)
+    raise EdgeoodError(f"{name}: arrays must be uint8 images (N x H x W x C) or float32 "
+                       f"N x C x H x W, got {arr.dtype}")
+
+
+def open_source(src, name: str | None = None) -> ImageSource:
+    """An ImageSource from a folder, an image file, a .npy/.npz file, an array or a list of images."""
+    if isinstance(src, ImageSource):
+        return src
+    if isinstance(src, np.ndarray):
+        return ImageSource(name or "array", array=_check_array(src, name or "array"))
+    if isinstance(src, (list, tuple)) and src and isinstance(src[0], np.ndarray):
+        return ImageSource(name or "images", array=_stack_images(src, name or "images"))
+    path = Path(src)
+    label = name or str(path)
+    if not path.exists():
+        raise EdgeoodError(f"{path}: no such file or folder; pass a folder of images or a .npy/.npz")
+    if path.is_dir():
+        files, labels, names = _list_images(path)
+        return ImageSource(label, files=files, labels=labels, class_names=names)
+    if path.suffix.lower() == ".npy":
+        return ImageSource(label, array=_check_array(_load_np(path), label))
+    if path.suffix.lower() == ".npz":
+        data = _load_np(path)
+        key = next((k for k in ("images", "x", "arr_0") if k in data.files), data.files[0])
+        labels = next((data[k] for k in ("labels", "y") if k in data.files), None)
+        return ImageSource(label, array=_check_array(data[key], label), labels=labels)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageSource(label, files=[path])
+    raise EdgeoodError(f"{path}: unsupported data file; pass a folder of images, an image, "
+                       "or a .npy/.npz array")
+
+
+def _load_np(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise EdgeoodError(f"cannot read {path} ({exc.__class__.__name__}); pass a valid "
+                           ".npy/.npz array") from None
+
+
+def _stack_images(images: Sequence[np.ndarray], name: str):
+    """One uint8 array when all images share a shape, else a list (each one is resized)."""
+    if len({im.shape for im in images}) == 1:
+        return _check_array(np.stack(images), name)
+    for i, im in enumerate(images):
+        if im.dtype != np.uint8:
+            raise EdgeoodError(f"{name}[{i}] is {im.dtype}; images of different sizes must be uint8")
+    return list(images)
+
+
+def jigsaw(x: np.ndarray, rng: np.random.Generator, fill: np.ndarray) -> np.ndarray:
+    """Jigsaw pseudo-OOD images (FeatureNorm): the 3 x 3 grid of tiles of side floor(S/3) is
+    shuffled with a uniformly random permutation; the remaining border is a black pixel.
+
+    Works on normalised N x C x H x W arrays with fill = the normalised black pixel, which equals
+    jigsawing in pixel space and then normalising (the normalisation is per-channel affine).
+    Non-square images use floor(H/3) x floor(W/3) tiles.
+    """
+    n, c, h, w = x.shape
+    th, tw = h // 3, w // 3
+    out = np.empty_like(x)
+    out[:] = np.asarray(fill, x.dtype).reshape(1, c, 1, 1)
+    for i in range(n):
+        perm = rng.permutation(9)
+        for dst, src in enumerate(perm):
+            dr, dc, sr, sc = divmod(dst, 3) + divmod(int(src), 3)
+            out[i, :, dr * th:(dr + 1) * th, dc * tw:(dc + 1) * tw] = \
+                x[i, :, sr * th:(sr + 1) * th, sc * tw:(sc + 1) * tw]
+    return out

@@ -1,0 +1,1 @@
+"""ONNX surgery: loading and preparing models, taps, head building helpers."""

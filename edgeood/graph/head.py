@@ -1,0 +1,115 @@
+"""Find the classifier head (the last Gemm, or MatMul(+Add), with constant weights) and re-apply
+it to a shaped feature vector, reusing the head's own constants (no copy of W)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from edgeood.errors import EdgeoodError
+
+_PASS_THROUGH = ("Identity", "Softmax", "LogSoftmax")
+
+
+@dataclass
+class ClassifierHead:
+    """logits = z @ weight.T + bias, with weight C x D."""
+
+    z: str
+    logits: str
+    weight: np.ndarray
+    bias: np.ndarray
+    kind: str  # "Gemm" or "MatMul"
+    nodes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.weight.shape[1])
+
+
+def _producer(t: gs.Tensor):
+    return t.inputs[0] if t.inputs else None
+
+
+def _const(t: gs.Tensor):
+    return t.values if isinstance(t, gs.Constant) else None
+
+
+def find_head(graph: gs.Graph, logits_name: str | None = None) -> ClassifierHead:
+    """Walk back from the logits (the first graph output unless named) through Identity/Softmax to
+    the Gemm or MatMul(+Add) that computes them."""
+    tensors = graph.tensors()
+    if logits_name is not None:
+        if logits_name not in tensors:
+            from edgeood.graph.taps import missing_tensor_error
+            raise missing_tensor_error(graph, logits_name, "logits")
+        out = tensors[logits_name]
+    else:
+        out = graph.outputs[0]
+    node = _producer(out)
+    while node is not None and node.op in _PASS_THROUGH:
+        out = node.inputs[0]
+        node = _producer(out)
+    where = f"the graph output {graph.outputs[0].name}"
+    fix = ("edgeood needs a final Gemm or MatMul(+Add) with constant weights; "
+           "name the logits tensor with --logits or in the recipe's [taps]")
+    if node is None:
+        raise EdgeoodError(f"{where} is not computed by any node; {fix}")
+
+    if node.op == "Gemm":
+        a, b = node.inputs[0], node.inputs[1]
+        bv = _const(b)
+        if bv is None or node.attrs.get("transA", 0):
+            raise EdgeoodError(f"{where} comes from a Gemm without constant weights; {fix}")
+        alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+        weight = alpha * (bv if node.attrs.get("transB", 0) else bv.T)
+        bias = np.zeros(weight.shape[0], np.float32)
+        if len(node.inputs) > 2 and _const(node.inputs[2]) is not None:
+            bias = beta * np.broadcast_to(_const(node.inputs[2]), (weight.shape[0],))
+        return ClassifierHead(a.name, out.name, weight.astype(np.float32),
+                              np.asarray(bias, np.float32), "Gemm", [node.name])
+
+    bias = None
+    names = []
+    if node.op == "Add":
+        c0, c1 = _const(node.inputs[0]), _const(node.inputs[1])
+        var, bias = (node.inputs[1], c0) if c0 is not None else (node.inputs[0], c1)
+        names.append(node.name)
+        node = _producer(var)
+        if bias is None or node is None:
+            raise EdgeoodError(f"{where} comes from an Add that is not a bias; {fix}")
+    if node.op != "MatMul" or _const(node.inputs[1]) is None:
+        raise EdgeoodError(f"{where} is computed by {node.op} node '{node.name}'; {fix}")
+    w = _const(node.inputs[1])
+    if w.ndim != 2:
+        raise EdgeoodError(f"{where} comes from a MatMul with a {w.ndim}-D weight; {fix}")
+    weight = w.T.astype(np.float32)
+    bias = np.zeros(weight.shape[0], np.float32) if bias is None else \
+        np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (weight.shape[0],))
+    return ClassifierHead(node.inputs[0].name, out.name, weight, np.array(bias, np.float32),
+                          "MatMul", [node.name] + names)
+
+
+def apply_head(graph: gs.Graph, head: ClassifierHead, z: gs.Tensor) -> gs.Variable:
+    """The classifier applied to a new feature tensor z (N x D), with the head's own constants
+    and attributes, so the new logits are computed exactly as the original ones."""
+    by_name = {n.name: n for n in graph.nodes}
+    first = by_name[head.nodes[0]]
+    if head.kind == "Gemm":
+        return graph_layer(graph, "Gemm", [z] + list(first.inputs[1:]), dict(first.attrs))
+    y = graph_layer(graph, "MatMul", [z, first.inputs[1]], {})
+    if len(head.nodes) > 1:
+        add = by_name[head.nodes[1]]
+        bias = add.inputs[0] if isinstance(add.inputs[0], gs.Constant) else add.inputs[1]
+        y = graph_layer(graph, "Add", [y, bias], {})
+    return y
+
+
+def graph_layer(graph: gs.Graph, op: str, inputs, attrs) -> gs.Variable:
+    from edgeood.graph.ops import _layer
+    return _layer(graph, op, inputs, attrs)

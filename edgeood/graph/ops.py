@@ -1,0 +1,160 @@
+"""Small graph functions for building scoring heads with onnx-graphsurgeon.
+
+Each function is registered on ``gs.Graph`` (``graph.relu(x)``, ``graph.logsumexp(x, 1)``) so that
+a scoring head reads like its formula. All head arithmetic is float32. Reductions follow the
+graph's opset (axes as an attribute before opset 18 except ReduceSum, as a constant input after),
+so the result stays valid for TensorRT's ONNX parser (reduction axes are always constants).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+F32 = np.float32
+
+
+@contextlib.contextmanager
+def scope(graph: gs.Graph, name: str):
+    """Name every tensor and node created inside the block '<name>/...'."""
+    previous = _prefix(graph)
+    graph.__dict__["_edgeood_scope"] = name
+    try:
+        yield
+    finally:
+        graph.__dict__["_edgeood_scope"] = previous
+
+
+def _prefix(graph: gs.Graph) -> str:
+    # not getattr: gs.Graph.__getattr__ logs an error for unknown names
+    return graph.__dict__.get("_edgeood_scope", "edgeood")
+
+
+def constant(graph: gs.Graph, values, name: str | None = None, dtype=F32) -> gs.Constant:
+    """A constant tensor; named '<scope>/<name>' when name is given (so it can be found again)."""
+    arr = np.ascontiguousarray(np.asarray(values, dtype=dtype))
+    if name is not None:
+        full = f"{_prefix(graph)}/{name}"
+        if full in graph.tensors():
+            raise ValueError(f"constant {full} exists already")
+        return gs.Constant(full, arr)
+    return gs.Constant(graph._generate_name(f"{_prefix(graph)}/const", set(graph.tensors())), arr)
+
+
+def _as_tensor(graph: gs.Graph, value) -> gs.Tensor:
+    if isinstance(value, gs.Tensor):
+        return value
+    arr = np.asarray(value)
+    dtype = np.int64 if arr.dtype.kind in "iu" else F32
+    return constant(graph, arr, dtype=dtype)
+
+
+def _layer(graph: gs.Graph, op: str, inputs, attrs=None, n_out: int = 1, dtypes=None):
+    prefix = _prefix(graph)
+    existing = set(graph.tensors())
+    outputs = []
+    for i in range(n_out):
+        dtype = (dtypes or [F32] * n_out)[i]
+        outputs.append(gs.Variable(graph._generate_name(f"{prefix}/{op}", existing), dtype=dtype))
+        existing.add(outputs[-1].name)
+    node_name = graph._generate_name(f"{prefix}/{op}_node", {n.name for n in graph.nodes})
+    graph.nodes.append(
+        gs.Node(op=op, name=node_name, inputs=[_as_tensor(graph, x) for x in inputs],
+                outputs=outputs, attrs=attrs or {})
+    )
+    return outputs[0] if n_out == 1 else outputs
+
+
+def _unary(op):
+    def fn(self, x):
+        return _layer(self, op, [x])
+    fn.__name__ = op.lower()
+    fn.__doc__ = f"Elementwise {op}."
+    return fn
+
+
+def _binary(op, dtype=F32):
+    def fn(self, a, b):
+        return _layer(self, op, [a, b], dtypes=[dtype])
+    fn.__doc__ = f"Elementwise {op} with broadcasting."
+    return fn
+
+
+for _name, _op in [("relu", "Relu"), ("exp", "Exp"), ("log", "Log"), ("sqrt", "Sqrt"),
+                   ("neg", "Neg"), ("reciprocal", "Reciprocal"), ("abs_", "Abs"),
+                   ("sign", "Sign"), ("floor", "Floor")]:
+    _f = _unary(_op)
+    _f.__name__ = _name
+    gs.Graph.register()(_f)
+
+for _name, _op, _dt in [("add", "Add", F32), ("sub", "Sub", F32), ("mul", "Mul", F32),
+                        ("div", "Div", F32), ("minimum", "Min", F32), ("maximum", "Max", F32),
+                        ("matmul", "MatMul", F32), ("pow_", "Pow", F32),
+                        ("less", "Less", np.bool_), ("less_equal", "LessOrEqual", np.bool_),
+                        ("greater", "Greater", np.bool_), ("equal", "Equal", np.bool_),
+                        ("and_", "And", np.bool_)]:
+    _f = _binary(_op, _dt)
+    _f.__name__ = _name
+    gs.Graph.register()(_f)
+
+
+@gs.Graph.register()
+def cast(self, x, to=F32):
+    """Cast to a NumPy dtype (float32 by default)."""
+    from onnx import helper
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(to))
+    return _layer(self, "Cast", [x], {"to": onnx_type}, dtypes=[np.dtype(to).type])
+
+
+@gs.Graph.register()
+def where(self, cond, a, b):
+    """Elementwise select: a where cond else b."""
+    return _layer(self, "Where", [cond, a, b])
+
+
+@gs.Graph.register()
+def reduce(self, op: str, x, axes: Sequence[int], keepdims: bool = False):
+    """ReduceSum / ReduceMax / ReduceMean / ReduceSumSquare / ReduceMin over constant axes."""
+    axes = [int(a) for a in axes]
+    takes_input = self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13)
+    attrs = {"keepdims": int(keepdims)}
+    if takes_input:
+        return _layer(self, op, [x, np.asarray(axes, dtype=np.int64)], attrs)
+    attrs["axes"] = axes
+    return _layer(self, op, [x], attrs)
+
+
+@gs.Graph.register()
+def topk(self, x, k: int, axis: int = -1, largest: bool = True):
+    """(values, indices) of the k largest (or smallest) entries, sorted, along axis."""
+    return _layer(self, "TopK", [x, np.asarray([k], dtype=np.int64)],
+                  {"axis": axis, "largest": int(largest), "sorted": 1}, n_out=2,
+                  dtypes=[F32, np.int64])
+
+
+@gs.Graph.register()
+def squeeze(self, x, axes: Sequence[int]):
+    """Remove size-1 axes (axes as a constant input, opset >= 13)."""
+    return _layer(self, "Squeeze", [x, np.asarray(axes, dtype=np.int64)])
+
+
+@gs.Graph.register()
+def unsqueeze(self, x, axes: Sequence[int]):
+    """Insert size-1 axes (axes as a constant input, opset >= 13)."""
+    return _layer(self, "Unsqueeze", [x, np.asarray(axes, dtype=np.int64)])
+
+
+@gs.Graph.register()
+def logsumexp(self, x, axis: int = 1):
+    """Max-shifted log-sum-exp over one axis, keepdims=False: m + log(sum(exp(x - m)))."""
+    m = self.reduce("ReduceMax", x, [axis], keepdims=True)
+    s = self.reduce("ReduceSum", self.exp(self.sub(x, m)), [axis], keepdims=True)
+    return self.squeeze(self.add(m, self.log(s)), [axis])
+
+
+@gs.Graph.register()
+def identity(self, x):
+    """A copy of x under a new name."""
+    return _layer(self, "Identity", [x])

@@ -1,0 +1,101 @@
+"""Expose intermediate tensors as graph outputs, and find FeatureNorm's candidate blocks."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from edgeood.errors import EdgeoodError, nearest
+from edgeood.graph.head import ClassifierHead
+
+_FLATTENERS = ("Flatten", "Reshape", "Squeeze", "Identity")
+_POOLS = ("GlobalAveragePool", "ReduceMean", "AveragePool", "GlobalMaxPool")
+
+
+def missing_tensor_error(graph: gs.Graph, name: str, what: str = "tap") -> EdgeoodError:
+    """One line naming the missing tensor and the nearest names that exist."""
+    names = [t for t, v in graph.tensors().items() if isinstance(v, gs.Variable)]
+    return EdgeoodError(f"{what} tensor '{name}' is not in the graph; nearest names: "
+                        f"{', '.join(nearest(name, names))}")
+
+
+def resolve(graph: gs.Graph, name: str, what: str = "tap") -> gs.Variable:
+    tensor = graph.tensors().get(name)
+    if not isinstance(tensor, gs.Variable):
+        raise missing_tensor_error(graph, name, what)
+    return tensor
+
+
+def _spatial(t: gs.Tensor):
+    shape = t.shape
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    return int(shape[2]) * int(shape[3])
+
+
+def _through_pad(t: gs.Tensor) -> gs.Tensor:
+    while t.inputs and t.inputs[0].op == "Pad":
+        t = t.inputs[0].inputs[0]
+    return t
+
+
+def _feature_map_before_pool(graph: gs.Graph, head: ClassifierHead) -> gs.Tensor | None:
+    t = graph.tensors().get(head.z)
+    while t is not None and t.inputs and t.inputs[0].op in _FLATTENERS:
+        t = t.inputs[0].inputs[0]
+    if t is not None and t.inputs and t.inputs[0].op in _POOLS:
+        return t.inputs[0].inputs[0]
+    return None
+
+
+def find_block_candidates(graph: gs.Graph, head: ClassifierHead) -> list[str]:
+    """FeatureNorm candidates (methods.md): outputs of residual Add nodes (through a following
+    Relu), the last tensor before each spatial down-sampling (looking through Pad), and the
+    final feature map that is pooled into z."""
+    found: list[str] = []
+    inputs = {t.name for t in graph.inputs}
+    for node in graph.nodes:
+        outs = [o for o in node.outputs if _spatial(o) is not None]
+        if not outs:
+            continue
+        out = outs[0]
+        if node.op == "Add" and all(isinstance(i, gs.Variable) and _spatial(i) is not None
+                                    for i in node.inputs):
+            consumers = out.outputs
+            if len(consumers) == 1 and consumers[0].op in ("Relu", "Clip"):
+                out = consumers[0].outputs[0]
+            found.append(out.name)
+            continue
+        for i in node.inputs:
+            if isinstance(i, gs.Variable) and _spatial(i) is not None and node.op != "Pad" \
+                    and _spatial(out) < _spatial(i):
+                src = _through_pad(i)
+                if src.name not in inputs:
+                    found.append(src.name)
+    last = _feature_map_before_pool(graph, head)
+    if last is not None:
+        found.append(last.name)
+    seen, ordered = set(), []
+    for name in found:
+        if name not in seen:
+            seen.add(name)
+            ordered.append(name)
+    return ordered
+
+
+def tapped(graph: gs.Graph, names: Iterable[str]) -> gs.Graph:
+    """A copy of the graph whose outputs are exactly the named tensors (for calibration runs)."""
+    g = graph.copy()
+    tensors = g.tensors()
+    outs = []
+    for name in dict.fromkeys(names):
+        t = tensors.get(name)
+        if not isinstance(t, gs.Variable):
+            raise missing_tensor_error(g, name)
+        if t.dtype is None:
+            t.dtype = np.float32
+        outs.append(t)
+    g.outputs = outs
+    g.cleanup().toposort()
+    return g

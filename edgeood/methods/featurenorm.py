@@ -1,0 +1,81 @@
+"""FeatureNorm with NormRatio block selection (Yu et al., CVPR 2023, arXiv 2212.02295)."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeood.errors import EdgeoodError, did_you_mean
+from edgeood.methods.base import Method, register
+
+
+def feature_norm(block: np.ndarray) -> np.ndarray:
+    """FN(x) = mean_c || relu(F)[c] ||_2 over H x W (float64)."""
+    f = np.maximum(np.asarray(block, np.float64), 0.0)
+    return np.sqrt((f * f).sum(axis=(2, 3))).mean(axis=1)
+
+
+@register
+class FeatureNorm(Method):
+    """score = mean_c ||relu(F_b(x))[c, :, :]||_2 of the selected block b.
+
+    Selection: NormRatio_b = mean_i FN_b(x_i) / FN_b(jigsaw(x_i)) over ID images; the block with
+    the largest NormRatio wins (set `block` to force one). The sum of squares is reduced in float32.
+    """
+
+    name = "featurenorm"
+    defaults = {"block": "", "candidates": []}
+    needs_fit = True
+    needs_jigsaw = True
+
+    def _candidates(self) -> list[str]:
+        cands = list(self.params["candidates"]) or list(self.model.candidates)
+        if self.params["block"]:
+            return [self.params["block"]]
+        if not cands:
+            raise EdgeoodError("featurenorm found no candidate blocks (no 4-D residual or stage "
+                               "outputs); list them in the recipe's [taps] blocks or set "
+                               "--param featurenorm.block=TENSOR")
+        return cands
+
+    def fit_taps(self):
+        return self._candidates()
+
+    def fit_update(self, taps, source):
+        store = self.fitted.setdefault(f"_{source}", {})
+        for name in self._candidates():
+            store.setdefault(name, []).append(feature_norm(taps[name]))
+
+    def fit_end(self):
+        fn_id, fn_jig = self.fitted.pop("_id"), self.fitted.pop("_jigsaw", None)
+        ratios = {}
+        for name in self._candidates():
+            a = np.concatenate(fn_id[name])
+            if fn_jig is None:
+                ratios[name] = float("nan")
+                continue
+            b = np.concatenate(fn_jig[name])
+            ratios[name] = float(np.mean(a / np.maximum(b, 1e-12)))
+        self.fitted["norm_ratios"] = ratios
+        finite = {k: v for k, v in ratios.items() if np.isfinite(v)}
+        self.fitted["selected_block"] = max(finite, key=finite.get) if finite else \
+            self._candidates()[-1]
+
+    @property
+    def selected(self) -> str:
+        return self.fitted.get("selected_block") or self.params["block"]
+
+    def taps(self):
+        return [self.selected]
+
+    def build(self, graph, t):
+        block = t[self.selected]
+        sq = graph.reduce("ReduceSumSquare", graph.relu(block), [2, 3], keepdims=False)
+        return graph.reduce("ReduceMean", graph.sqrt(sq), [1], keepdims=False)
+
+    def reference(self, taps):
+        return feature_norm(taps[self.selected])
+
+    def check_block(self, names):
+        if self.params["block"] and self.params["block"] not in names:
+            b = self.params["block"]
+            raise EdgeoodError(f"featurenorm.block '{b}' is not a tensor of the graph"
+                               f"{did_you_mean(b, names)}")

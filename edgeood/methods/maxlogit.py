@@ -1,0 +1,19 @@
+"""Maximum logit (Hendrycks et al., ICML 2022)."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeood.methods.base import Method, register
+
+
+@register
+class MaxLogit(Method):
+    """score = max_c logits_c."""
+
+    name = "maxlogit"
+
+    def build(self, graph, t):
+        return graph.reduce("ReduceMax", t["logits"], [1], keepdims=False)
+
+    def reference(self, taps):
+        return np.asarray(taps["logits"], np.float64).max(axis=1)

@@ -1,0 +1,47 @@
+"""SCALE (Xu et al., ICLR 2024): scale the penultimate features by exp(sum(a) / sum(topk(a)))."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeood.errors import EdgeoodError
+from edgeood.graph.head import apply_head
+from edgeood.methods.base import Method, register
+from edgeood.methods.numeric import k_from_percentile, linear, logsumexp
+
+
+@register
+class Scale(Method):
+    """k = D - round(D p / 100); s = exp(sum(a) / sum(topk(a, k))); score = logsumexp(W (a s) + b).
+
+    a = z (post-ReLU features); the unpruned features are scaled. Nothing is fitted.
+    """
+
+    name = "scale"
+    defaults = {"percentile": 85.0}
+
+    def validate(self):
+        if not 0 <= self.params["percentile"] < 100:
+            raise EdgeoodError("scale.percentile must be in [0, 100); e.g. --param scale.percentile=85")
+
+    def k(self) -> int:
+        return k_from_percentile(self.head.feature_dim, self.params["percentile"])
+
+    def describe(self):
+        return {**super().describe(), "k": self.k()} if self.model else super().describe()
+
+    def taps(self):
+        return ["z"]
+
+    def build(self, graph, t):
+        a = t["z"]
+        total = graph.reduce("ReduceSum", a, [1], keepdims=True)
+        top, _ = graph.topk(a, self.k(), axis=1)
+        kept = graph.reduce("ReduceSum", top, [1], keepdims=True)
+        scaled = graph.mul(a, graph.exp(graph.div(total, kept)))
+        return graph.logsumexp(apply_head(graph, self.head, scaled), 1)
+
+    def reference(self, taps):
+        a = np.asarray(taps["z"], np.float64)
+        top = -np.sort(-a, axis=1)[:, : self.k()]
+        s = np.exp(a.sum(1, keepdims=True) / top.sum(1, keepdims=True))
+        return logsumexp(linear(a * s, self.head.weight, self.head.bias))

@@ -1,0 +1,90 @@
+"""The Detector facade: preprocess, batch, run a backend, split the outputs by name.
+
+It knows no method formulas: it reads output names (logits, score_<m>, pvalue_<m>, is_ood) and
+the metadata.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeood.data import ImageSource, Preprocess, open_source
+from edgeood.progress import track
+
+
+@dataclass
+class Detection:
+    """Per-image results; scores and pvalues are dicts by method name."""
+
+    logits: np.ndarray
+    scores: dict[str, np.ndarray]
+    pvalues: dict[str, np.ndarray] = field(default_factory=dict)
+    is_ood: np.ndarray | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def rows(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """One JSON-ready dict per image."""
+        out = []
+        for i in range(len(self)):
+            row: dict[str, Any] = {"label": int(self.labels[i])}
+            if names is not None:
+                row["source"] = names[i]
+            row["scores"] = {m: float(s[i]) for m, s in self.scores.items()}
+            if self.pvalues:
+                row["pvalues"] = {m: float(p[i]) for m, p in self.pvalues.items()}
+            if self.is_ood is not None:
+                row["is_ood"] = bool(self.is_ood[i])
+            out.append(row)
+        return out
+
+
+class Detector:
+    """detector(images) -> Detection. images: uint8 H x W x C images (a list or an N x H x W x C
+    array), a float32 N x C x H x W preprocessed array, or a folder / image / .npy / .npz path."""
+
+    def __init__(self, backend, metadata: dict[str, Any], path: Path | None = None):
+        self.backend, self.metadata, self.path = backend, metadata, path
+        self.preprocess = Preprocess.from_dict(metadata["preprocessing"])
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.metadata["methods"])
+
+    @property
+    def primary(self) -> str:
+        return self.metadata["primary"]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {m: d["threshold"] for m, d in self.metadata["methods"].items() if "threshold" in d}
+
+    def __call__(self, images, batch_size: int = 32, progress: bool = False) -> Detection:
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3 \
+                and images.shape[-1] in (1, 3, 4) and images.shape[-1] != images.shape[0]:
+            images = images[None]  # one H x W x C image
+        return self.run_source(open_source(images), batch_size, progress)
+
+    def run_source(self, source: ImageSource, batch_size: int = 32,
+                   progress: bool = False) -> Detection:
+        names = self.backend.output_names
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for batch in track(source.batches(self.preprocess, batch_size),
+                           -(-len(source) // batch_size), "running", progress):
+            for n, v in self.backend.run(batch.x).items():
+                parts[n].append(v)
+        out = {n: np.concatenate(v) for n, v in parts.items()}
+        return Detection(
+            logits=out["logits"],
+            scores={n[6:]: out[n] for n in names if n.startswith("score_")},
+            pvalues={n[7:]: out[n] for n in names if n.startswith("pvalue_")},
+            is_ood=out.get("is_ood"),
+        )

@@ -1,0 +1,12 @@
+"""Embedded defaults that need no download: the digits benchmark and EfficientNet-Lite0."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where trained/exported zoo models are cached ($EDGEOOD_CACHE, else ~/.cache/edgeood)."""
+    d = Path(os.environ.get("EDGEOOD_CACHE", Path.home() / ".cache" / "edgeood"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d

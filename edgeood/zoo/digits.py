@@ -1,0 +1,162 @@
+"""The digits benchmark: sklearn's 1797 real 8 x 8 handwritten digits.
+
+ID = classes 0-5 (seeded 60/20/20 train/val/test split); near-OOD = classes 6-9; far-OOD =
+patches of scikit-image's bundled photographs and textures reduced to the digits' format
+(8 x 8, grayscale, 17 grey levels), plus uniform noise. A small CNN (conv + batch norm + ReLU,
+residual Adds, a MaxPool, a strided conv, global average pooling, a linear head) is trained
+seeded on the CPU in seconds and exported to ONNX.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeood.data import Preprocess
+from edgeood.zoo import cache_dir
+
+ID_CLASSES = 6
+PREPROCESS = Preprocess(size=(8, 8), channels=1, mean=(0.3,), std=(0.4,), resize=False)
+PHOTOS = ["astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
+          "moon", "page", "text", "rocket", "hubble_deep_field", "retina", "motorcycle_left",
+          "horse", "clock_motion", "ihc", "cell"]
+TRAIN_VERSION = "digits-cnn-v2"
+
+
+@dataclass
+class DigitsData:
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    near: np.ndarray
+    far: np.ndarray
+
+
+def _to_uint8(levels: np.ndarray) -> np.ndarray:
+    """0..16 grey levels -> uint8 N x 8 x 8 x 1."""
+    return np.round(np.asarray(levels, np.float64) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+
+
+def _photo_dir() -> Path:
+    import skimage
+    return Path(skimage.__file__).parent / "data"
+
+
+def far_ood(n_patches: int = 300, n_noise: int = 100, seed: int = 0) -> np.ndarray:
+    """Photo/texture patches (16-64 px crops, box-averaged to 8 x 8, 17 levels) and noise."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    files = {p.stem: p for p in _photo_dir().iterdir() if p.suffix in (".png", ".jpg")}
+    photos = [np.asarray(Image.open(files[n]).convert("L"), np.float64)
+              for n in PHOTOS if n in files]
+    out = []
+    for i in range(n_patches):
+        img = photos[i % len(photos)]
+        side = int(rng.integers(16, 65))
+        r = int(rng.integers(0, img.shape[0] - side + 1))
+        c = int(rng.integers(0, img.shape[1] - side + 1))
+        crop = Image.fromarray(img[r:r + side, c:c + side].astype(np.uint8))
+        small = np.asarray(crop.resize((8, 8), Image.BOX), np.float64)
+        out.append(np.round(small / 255.0 * 16.0))
+    noise = rng.integers(0, 17, size=(n_noise, 8, 8))
+    return _to_uint8(np.concatenate([np.stack(out), noise]))
+
+
+def load_data(seed: int = 0) -> DigitsData:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    images, labels = _to_uint8(d.images), d.target
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for c in range(ID_CLASSES):  # stratified: every split has the same class mix
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_tr, n_va = int(round(0.6 * len(idx))), int(round(0.2 * len(idx)))
+        for part, chunk in zip(parts, (idx[:n_tr], idx[n_tr:n_tr + n_va], idx[n_tr + n_va:])):
+            part.extend(chunk.tolist())
+    parts = tuple(np.sort(np.array(p)) for p in parts)
+    split = [(images[p], labels[p]) for p in parts]
+    return DigitsData(*split, near=images[labels >= ID_CLASSES], far=far_ood(seed=seed))
+
+
+def build_cnn():
+    """The digits CNN as a torch module (torch imported here only)."""
+    import torch
+    from torch import nn
+
+    def cbr(cin, cout, stride=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU())
+
+    class Residual(nn.Module):
+        def __init__(self, ch):
+            super().__init__()
+            self.body = nn.Sequential(cbr(ch, ch), nn.Conv2d(ch, ch, 3, 1, 1, bias=False),
+                                      nn.BatchNorm2d(ch))
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(x + self.body(x))
+
+    class DigitsCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                cbr(1, 32), Residual(32),          # 8 x 8
+                nn.MaxPool2d(2), cbr(32, 64), Residual(64),  # 4 x 4
+                cbr(64, 128, stride=2), Residual(128),       # 2 x 2
+            )
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(128, ID_CLASSES)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+    return DigitsCNN()
+
+
+def train_cnn(data: DigitsData, seed: int = 0, epochs: int = 40):
+    """Seeded CPU training (Adam, light shift augmentation); returns the module in eval mode."""
+    import torch
+    torch.manual_seed(seed)
+    model = build_cnn()
+    x = torch.from_numpy(PREPROCESS.normalize(data.train[0]))
+    y = torch.from_numpy(data.train[1]).long()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
+            b = perm[i:i + 64]
+            xb = x[b]
+            shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
+            xb = torch.roll(xb, shifts=shift, dims=(2, 3))
+            loss = torch.nn.functional.cross_entropy(model(xb), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return model.eval()
+
+
+def model_path(seed: int = 0, data: DigitsData | None = None) -> Path:
+    """The digits CNN as ONNX, trained and exported on first use and cached."""
+    import torch
+    key = hashlib.sha256(f"{TRAIN_VERSION}-{seed}-{torch.__version__}".encode()).hexdigest()[:12]
+    path = cache_dir() / f"digits_cnn_{key}.onnx"
+    if path.is_file():
+        return path
+    from edgeood.graph.from_torch import export_module
+    import onnx
+    model = train_cnn(data or load_data(seed), seed)
+    proto, _ = export_module(model, (1, 8, 8))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    onnx.save_model(proto, tmp)
+    os.replace(tmp, path)
+    return path
