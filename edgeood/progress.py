@@ -8,7 +8,8 @@ T = TypeVar("T")
 
 def track(items: Iterable[T], total: int | None, description: str, enabled: bool) -> Iterator[T]:
     """Yield items, showing a progress bar on stderr when enabled."""
-    if not enabled:
+    import sys
+    if not enabled or not sys.stderr.isatty():
         yield from items
         return
     from rich.console import Console

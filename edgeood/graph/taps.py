@@ -67,12 +67,15 @@ def find_block_candidates(graph: gs.Graph, head: ClassifierHead) -> list[str]:
                 out = consumers[0].outputs[0]
             found.append(out.name)
             continue
+        if node.op == "Pad":
+            continue
         for i in node.inputs:
-            if isinstance(i, gs.Variable) and _spatial(i) is not None and node.op != "Pad" \
-                    and _spatial(out) < _spatial(i):
-                src = _through_pad(i)
-                if src.name not in inputs:
-                    found.append(src.name)
+            if not isinstance(i, gs.Variable):
+                continue
+            src = _through_pad(i)  # "same" padding enlarges the map before a strided conv
+            if _spatial(src) is not None and _spatial(out) < _spatial(src) \
+                    and src.name not in inputs:
+                found.append(src.name)
     last = _feature_map_before_pool(graph, head)
     if last is not None:
         found.append(last.name)
