@@ -2,16 +2,19 @@
 in-distribution images, and run it on ONNX Runtime or TensorRT."""
 __version__ = "0.1.0"
 
+# The submodule edgeood.calibrate (design layout) would replace the API function of the same
+# name on first import; importing it here first keeps `edgeood.calibrate(...)` the function.
+from edgeood import calibrate as _calibrate_module  # noqa: E402,F401
+
 
 def export(*args, **kwargs):
+    """Fold OOD scoring into a classifier and calibrate it; see edgeood.api.export."""
     from edgeood.api import export as _export
     return _export(*args, **kwargs)
 
 
-export.__doc__ = "See edgeood.api.export."
-
-
-def calibrate(*args, **kwargs):
+def calibrate(*args, **kwargs):  # noqa: F811
+    """Re-fit thresholds and p-value references; see edgeood.api.calibrate."""
     from edgeood.api import calibrate as _calibrate
     return _calibrate(*args, **kwargs)
 

@@ -21,7 +21,8 @@ class ClassifierHead:
     weight: np.ndarray
     bias: np.ndarray
     kind: str  # "Gemm" or "MatMul"
-    nodes: list[str] = field(default_factory=list)
+    constants: list[str] = field(default_factory=list)  # Gemm: B(, C); MatMul: B(, bias)
+    attrs: dict = field(default_factory=dict)  # the Gemm's attributes
 
     @property
     def num_classes(self) -> int:
@@ -72,14 +73,15 @@ def find_head(graph: gs.Graph, logits_name: str | None = None) -> ClassifierHead
         if len(node.inputs) > 2 and _const(node.inputs[2]) is not None:
             bias = beta * np.broadcast_to(_const(node.inputs[2]), (weight.shape[0],))
         return ClassifierHead(a.name, out.name, weight.astype(np.float32),
-                              np.asarray(bias, np.float32), "Gemm", [node.name])
+                              np.asarray(bias, np.float32), "Gemm",
+                              [t.name for t in node.inputs[1:]], dict(node.attrs))
 
     bias = None
-    names = []
+    bias_name = []
     if node.op == "Add":
         c0, c1 = _const(node.inputs[0]), _const(node.inputs[1])
         var, bias = (node.inputs[1], c0) if c0 is not None else (node.inputs[0], c1)
-        names.append(node.name)
+        bias_name = [node.inputs[0].name if c0 is not None else node.inputs[1].name]
         node = _producer(var)
         if bias is None or node is None:
             raise EdgeoodError(f"{where} comes from an Add that is not a bias; {fix}")
@@ -92,24 +94,16 @@ def find_head(graph: gs.Graph, logits_name: str | None = None) -> ClassifierHead
     bias = np.zeros(weight.shape[0], np.float32) if bias is None else \
         np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (weight.shape[0],))
     return ClassifierHead(node.inputs[0].name, out.name, weight, np.array(bias, np.float32),
-                          "MatMul", [node.name] + names)
+                          "MatMul", [node.inputs[1].name] + bias_name)
 
 
 def apply_head(graph: gs.Graph, head: ClassifierHead, z: gs.Tensor) -> gs.Variable:
     """The classifier applied to a new feature tensor z (N x D), with the head's own constants
     and attributes, so the new logits are computed exactly as the original ones."""
-    by_name = {n.name: n for n in graph.nodes}
-    first = by_name[head.nodes[0]]
-    if head.kind == "Gemm":
-        return graph_layer(graph, "Gemm", [z] + list(first.inputs[1:]), dict(first.attrs))
-    y = graph_layer(graph, "MatMul", [z, first.inputs[1]], {})
-    if len(head.nodes) > 1:
-        add = by_name[head.nodes[1]]
-        bias = add.inputs[0] if isinstance(add.inputs[0], gs.Constant) else add.inputs[1]
-        y = graph_layer(graph, "Add", [y, bias], {})
-    return y
-
-
-def graph_layer(graph: gs.Graph, op: str, inputs, attrs) -> gs.Variable:
     from edgeood.graph.ops import _layer
-    return _layer(graph, op, inputs, attrs)
+    tensors = graph.tensors()
+    consts = [tensors[name] for name in head.constants]
+    if head.kind == "Gemm":
+        return _layer(graph, "Gemm", [z, *consts], dict(head.attrs))
+    y = _layer(graph, "MatMul", [z, consts[0]])
+    return _layer(graph, "Add", [y, consts[1]]) if len(consts) > 1 else y

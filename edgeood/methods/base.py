@@ -146,3 +146,17 @@ def parse_params(items: list[str] | None) -> dict[str, dict[str, str]]:
                                "write e.g. --param react.percentile=95")
         out.setdefault(method, {})[param] = value.strip()
     return out
+
+
+DERIVED_KEYS = ("threshold", "reference_size")
+
+
+def from_metadata(name: str, entry: dict[str, Any], model: ModelInfo) -> Method:
+    """Rebuild a fitted method from its metadata entry (for host-side scoring and tests)."""
+    cls = create(name).__class__
+    params = {k: v for k, v in entry.items() if k in cls.defaults}
+    m = create(name, params)
+    m.bind(model)
+    m.fitted = {k: v for k, v in entry.items()
+                if k not in cls.defaults and k not in DERIVED_KEYS}
+    return m

@@ -1,0 +1,70 @@
+"""Shared fixtures: the digits benchmark and EfficientNet-Lite0, exported once per session."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import edgeood
+from edgeood.graph.head import find_head
+from edgeood.graph.model import prepare
+from edgeood.methods import ModelInfo, from_metadata
+
+ALL_METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm"]
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from edgeood.zoo import digits
+    return digits.load_data(seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_data):
+    from edgeood.zoo import digits
+    return digits.model_path(seed=0, data=digits_data)
+
+
+@pytest.fixture(scope="session")
+def digits_detector(digits_model, digits_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits") / "digits.detector.onnx"
+    return edgeood.export(digits_model, data=digits_data.val[0], methods=ALL_METHODS,
+                          recipe="digits_cnn", out=out, keep_taps=True)
+
+
+@pytest.fixture(scope="session")
+def lite0_model():
+    from edgeood.zoo import efficientnet_lite0 as lite0
+    return lite0.model_path()
+
+
+@pytest.fixture(scope="session")
+def lite0_photos():
+    from edgeood.zoo import efficientnet_lite0 as lite0
+    return lite0.photos(48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def lite0_detector(lite0_model, lite0_photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lite0") / "lite0.detector.onnx"
+    return edgeood.export(lite0_model, data=lite0_photos[:32], methods=ALL_METHODS,
+                          recipe="efficientnet_lite0", out=out, keep_taps=True, batch=16)
+
+
+def fitted_methods(model_path, metadata):
+    """The detector's methods rebuilt from metadata, bound to the source model's head."""
+    graph = prepare(onnx.load(str(model_path)))
+    head = find_head(graph)
+    info = ModelInfo(head=head, candidates=[])
+    return {name: from_metadata(name, entry, info) for name, entry in metadata["methods"].items()}
+
+
+def tap_dict(outputs: dict[str, np.ndarray], metadata) -> dict[str, np.ndarray]:
+    """Map the detector's tap_* outputs back to tap keys ('z', block tensor names)."""
+    import re
+    taps = {"logits": outputs["logits"]}
+    keys = ["z"] + [e["selected_block"] for e in metadata["methods"].values()
+                    if "selected_block" in e]
+    for key in keys:
+        taps[key] = outputs["tap_" + re.sub(r"[^0-9A-Za-z_]+", "_", key).strip("_")]
+    return taps
