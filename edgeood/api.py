@@ -117,8 +117,12 @@ def export(model, data=None, methods=None, primary: str | None = None, tpr: floa
     model: an .onnx path, an onnx.ModelProto or a torch.nn.Module. data: a folder of ID images,
     a .npy/.npz, or an array (None: scores only, no thresholds; run calibrate() later).
     """
+    if isinstance(model, (str, Path)) and not Path(model).is_file():
+        raise EdgeoodError(f"{model}: no such file; pass the path of an .onnx model")
     rec = load_recipe(recipe)
     names = _split(methods) or (rec.methods if rec and rec.methods else list(DEFAULT_METHODS))
+    if data is None and not _split(methods):  # nothing to fit on: the defaults that need no data
+        names = [n for n in names if not create(n).needs_fit]
     chosen = _methods(names, rec, params)
     primary = primary or names[0]
     if primary not in names:

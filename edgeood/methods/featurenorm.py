@@ -68,8 +68,8 @@ class FeatureNorm(Method):
 
     def build(self, graph, t):
         block = t[self.selected]
-        sq = graph.reduce("ReduceSumSquare", graph.relu(block), [2, 3], keepdims=False)
-        return graph.reduce("ReduceMean", graph.sqrt(sq), [1], keepdims=False)
+        norms = graph.reduce("ReduceL2", graph.relu(block), [2, 3], keepdims=False)
+        return graph.reduce("ReduceMean", norms, [1], keepdims=False)
 
     def reference(self, taps):
         return feature_norm(taps[self.selected])

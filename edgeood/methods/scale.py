@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeood.errors import EdgeoodError
-from edgeood.graph.head import apply_head
+from edgeood.graph.head import rescale_logits
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import k_from_percentile, linear, logsumexp
 
@@ -14,6 +14,8 @@ class Scale(Method):
     """k = D - round(D p / 100); s = exp(sum(a) / sum(topk(a, k))); score = logsumexp(W (a s) + b).
 
     a = z (post-ReLU features); the unpruned features are scaled. Nothing is fitted.
+    In the graph W (a s) + b is computed as s (logits - b) + b (the same value, no second
+    C x D matrix product).
     """
 
     name = "scale"
@@ -30,15 +32,15 @@ class Scale(Method):
         return {**super().describe(), "k": self.k()} if self.model else super().describe()
 
     def taps(self):
-        return ["z"]
+        return ["z", "logits"]
 
     def build(self, graph, t):
         a = t["z"]
         total = graph.reduce("ReduceSum", a, [1], keepdims=True)
         top, _ = graph.topk(a, self.k(), axis=1)
         kept = graph.reduce("ReduceSum", top, [1], keepdims=True)
-        scaled = graph.mul(a, graph.exp(graph.div(total, kept)))
-        return graph.logsumexp(apply_head(graph, self.head, scaled), 1)
+        s = graph.exp(graph.div(total, kept))
+        return graph.logsumexp(rescale_logits(graph, self.head, t["logits"], s), 1)
 
     def reference(self, taps):
         a = np.asarray(taps["z"], np.float64)

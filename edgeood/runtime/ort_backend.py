@@ -18,11 +18,13 @@ class OrtBackend:
     """Runs an ONNX model (a path or serialized bytes) with ONNX Runtime."""
 
     def __init__(self, model: str | Path | bytes, providers: list[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, config: dict[str, str] | None = None):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
+        for key, value in (config or {}).items():  # e.g. session.intra_op.allow_spinning
+            opts.add_session_config_entry(key, value)
         src = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(src, opts, providers=providers or default_providers())
         inp = self.session.get_inputs()[0]

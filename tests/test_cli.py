@@ -1,0 +1,96 @@
+"""The CLI end to end, as a user runs it (subprocesses: real exit codes and stderr)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "edgeood.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edgeood {' '.join(map(str, args))} failed: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def digits_files(tmp_path_factory, digits_data):
+    d = tmp_path_factory.mktemp("cli")
+    np.savez(d / "val.npz", images=digits_data.val[0], labels=digits_data.val[1])
+    np.save(d / "test.npy", digits_data.test[0])
+    np.save(d / "near.npy", digits_data.near)
+    np.save(d / "far.npy", digits_data.far)
+    folder = d / "pngs"
+    for i, (img, y) in enumerate(zip(digits_data.test[0][:30], digits_data.test[1][:30])):
+        (folder / str(y)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[:, :, 0]).save(folder / str(y) / f"{i}.png")
+    return d
+
+
+def test_export_calibrate_run_eval_inspect_profile(digits_model, digits_files, tmp_path):
+    det = tmp_path / "det.onnx"
+    out = json.loads(cli("export", digits_model, "--data", digits_files / "val.npz",
+                         "--recipe", "digits_cnn", "--methods", "energy,react,featurenorm",
+                         "--param", "react.percentile=95", "--out", det, "--json").stdout)
+    meta = out["metadata"]
+    assert meta["methods"]["react"]["percentile"] == 95.0
+    assert meta["primary"] == "energy" and det.is_file()
+    assert meta["methods"]["featurenorm"]["selected_block"]
+
+    text = cli("export", digits_model, "--data", digits_files / "val.npz", "--recipe",
+               "digits_cnn", "--methods", "msp", "--out", tmp_path / "msp.onnx").stdout
+    assert "next: edgeood eval" in text and "wrote" in text
+
+    cal = json.loads(cli("calibrate", det, "--data", digits_files / "test.npy", "--tpr", "0.9",
+                         "--json").stdout)
+    assert cal["metadata"]["tpr"] == 0.9
+
+    ran = json.loads(cli("run", det, digits_files / "far.npy", "--json").stdout)
+    assert len(ran["images"]) == 400 and ran["ood_count"] > 100
+    assert set(ran["images"][0]) >= {"label", "scores", "pvalues", "is_ood"}
+
+    folder = json.loads(cli("run", det, digits_files / "pngs", "--json").stdout)
+    assert len(folder["images"]) == 30 and folder["images"][0]["source"].endswith(".png")
+    single = cli("run", det, next((digits_files / "pngs").rglob("*.png"))).stdout
+    assert "1 images" in single
+
+    ev = json.loads(cli("eval", det, "--id", digits_files / "test.npy", "--ood",
+                        digits_files / "near.npy", "--ood", digits_files / "far.npy",
+                        "--json").stdout)
+    assert len(ev["results"]) == 3 * 2
+    assert all(0.5 < r["auroc"] <= 1 for r in ev["results"] if r["method"] == "energy")
+    assert set(ev["false_alarm"]) == {"energy", "react", "featurenorm"}
+
+    info = json.loads(cli("inspect", det, "--json").stdout)
+    assert [o["name"] for o in info["outputs"]][:2] == ["logits", "score_energy"]
+    assert "is_ood" in [o["name"] for o in info["outputs"]]
+    assert "methods" in cli("inspect", det).stdout
+
+    prof = json.loads(cli("profile", det, "--batch", "4", "--warmup", "1", "--iterations", "5",
+                          "--json").stdout)
+    assert prof["batch"] == 4 and prof["latency_ms"]["p50"] > 0 and prof["iterations"] == 5
+
+
+def test_version_and_help():
+    assert "edgeood" in cli("--version").stdout
+    for cmd in ("export", "calibrate", "run", "eval", "inspect", "profile", "demo"):
+        assert "--json" in cli(cmd, "--help").stdout
+
+
+@pytest.mark.slow
+def test_demo(tmp_path):
+    proc = cli("demo", "--out", tmp_path, "--json")
+    result = json.loads(proc.stdout)
+    digits = result["digits"]
+    rows = {(r["method"], r["ood"]): r for r in digits["results"]}
+    assert len(rows) == 12
+    assert all(r["auroc"] > 0.7 for r in rows.values())
+    assert (tmp_path / "digits.detector.onnx").is_file()
+    lite = result["efficientnet_lite0"]
+    assert lite["selected_block"] in lite["norm_ratios"]
+    assert (tmp_path / "demo_result.json").is_file()
