@@ -1,0 +1,509 @@
+"""Input gradient as graph nodes: d y[n, c*_n] / d x with c*_n = argmax_c y[n, c].
+
+Reverse mode over the graph's own nodes (constants reused, no second copy of the weights), so
+it works for any ONNX CNN. Samples are independent in inference graphs, so the gradient of
+sum_n y[n, c*_n] is each sample's own gradient and the batch axis stays dynamic.
+
+Each op's rule gets the node and the gradients of its outputs and returns the gradients of its
+inputs. An op without a rule is a one-line error naming the op and the node.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from edgeood.errors import EdgeoodError
+from edgeood.graph.ops import _layer, constant, scope
+
+F32 = np.float32
+FLT_LOWEST = np.finfo(np.float32).min
+Rule = Callable[["_Backward", gs.Node, list], list]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*ops: str):
+    def register(fn: Rule) -> Rule:
+        for op in ops:
+            RULES[op] = fn
+        return fn
+    return register
+
+
+def _static(shape, what: str, node: gs.Node) -> list[int]:
+    if shape is None or not all(isinstance(d, int) for d in shape[1:]):
+        raise EdgeoodError(f"the gradient through {node.op} node '{node.name}' needs static "
+                           f"{what} shapes (got {shape}); export the model with a fixed image size")
+    return list(shape)
+
+
+class _Backward:
+    """Holds the graph and the accumulated gradients while the rules run."""
+
+    def __init__(self, graph: gs.Graph):
+        self.g = graph
+
+    def c(self, values, dtype=F32) -> gs.Constant:
+        return constant(self.g, values, dtype=dtype)
+
+    def op(self, op: str, inputs, attrs=None, dtype=F32):
+        return _layer(self.g, op, inputs, attrs or {}, dtypes=[dtype])
+
+    def shape_of(self, t: gs.Tensor):
+        return self.op("Shape", [t], dtype=np.int64)
+
+    def unbroadcast(self, grad, target: gs.Tensor, out: gs.Tensor):
+        """Sum grad over the axes along which `target` was broadcast to `out`'s shape."""
+        ts, os_ = target.shape, out.shape
+        if ts is None or os_ is None:
+            raise EdgeoodError(f"cannot infer the shape of {target.name} for its gradient; "
+                               "export the model with a fixed image size")
+        lead = len(os_) - len(ts)
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(ts)
+                                    if d == 1 and os_[lead + i] != 1]
+        if not axes:
+            return grad
+        grad = self.g.reduce("ReduceSum", grad, axes, keepdims=True)
+        if lead:
+            grad = self.op("Reshape", [grad, self.shape_of(target)])
+        return grad
+
+
+# --- elementwise ------------------------------------------------------------------------------
+@rule("Identity")
+def _identity(b, node, g):
+    return [g[0]]
+
+
+@rule("Relu")
+def _relu(b, node, g):
+    x = node.inputs[0]
+    return [b.g.where(b.g.greater(x, F32(0)), g[0], F32(0))]
+
+
+@rule("LeakyRelu")
+def _leaky(b, node, g):
+    x, alpha = node.inputs[0], F32(node.attrs.get("alpha", 0.01))
+    return [b.g.where(b.g.greater(x, F32(0)), g[0], b.g.mul(g[0], alpha))]
+
+
+@rule("Clip")
+def _clip(b, node, g):
+    x = node.inputs[0]
+    mask = None
+    lo = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
+    hi = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    if node.attrs.get("min") is not None:
+        lo = F32(node.attrs["min"])
+    if node.attrs.get("max") is not None:
+        hi = F32(node.attrs["max"])
+    if lo is not None:
+        mask = b.g.greater(x, lo)
+    if hi is not None:
+        upper = b.g.less(x, hi)
+        mask = upper if mask is None else b.g.and_(mask, upper)
+    return [g[0] if mask is None else b.g.where(mask, g[0], F32(0))]
+
+
+@rule("Sigmoid")
+def _sigmoid(b, node, g):
+    y = node.outputs[0]
+    return [b.g.mul(g[0], b.g.mul(y, b.g.sub(F32(1), y)))]
+
+
+@rule("HardSigmoid")
+def _hardsigmoid(b, node, g):
+    x = node.inputs[0]
+    alpha, beta = F32(node.attrs.get("alpha", 0.2)), F32(node.attrs.get("beta", 0.5))
+    v = b.g.add(b.g.mul(x, alpha), beta)
+    inside = b.g.and_(b.g.greater(v, F32(0)), b.g.less(v, F32(1)))
+    return [b.g.where(inside, b.g.mul(g[0], alpha), F32(0))]
+
+
+@rule("HardSwish")
+def _hardswish(b, node, g):
+    x = node.inputs[0]
+    inner = b.g.add(b.g.div(x, F32(3)), F32(0.5))
+    d = b.g.where(b.g.less(x, F32(-3)), F32(0), b.g.where(b.g.greater(x, F32(3)), F32(1), inner))
+    return [b.g.mul(g[0], d)]
+
+
+@rule("Add", "Sub")
+def _add(b, node, g):
+    a, c = node.inputs
+    out = node.outputs[0]
+    gc = b.g.neg(g[0]) if node.op == "Sub" else g[0]
+    return [b.unbroadcast(g[0], a, out), b.unbroadcast(gc, c, out)]
+
+
+@rule("Mul")
+def _mul(b, node, g):
+    a, c = node.inputs
+    out = node.outputs[0]
+    return [b.unbroadcast(b.g.mul(g[0], c), a, out), b.unbroadcast(b.g.mul(g[0], a), c, out)]
+
+
+@rule("Div")
+def _div(b, node, g):
+    a, c = node.inputs
+    if not isinstance(c, gs.Constant):
+        raise EdgeoodError(f"the gradient through Div node '{node.name}' supports a constant "
+                           "divisor only")
+    return [b.unbroadcast(b.g.div(g[0], c), a, node.outputs[0]), None]
+
+
+@rule("BatchNormalization")
+def _batchnorm(b, node, g):
+    x, scale, _, _, var = node.inputs[:5]
+    if not all(isinstance(t, gs.Constant) for t in (scale, var)):
+        raise EdgeoodError(f"BatchNormalization node '{node.name}' has non-constant statistics")
+    eps = node.attrs.get("epsilon", 1e-5)
+    k = (scale.values / np.sqrt(var.values.astype(np.float64) + eps)).astype(F32)
+    rank = len(x.shape) if x.shape is not None else 4
+    return [b.g.mul(g[0], b.c(k.reshape([1, -1] + [1] * (rank - 2))))]
+
+
+# --- shape ops --------------------------------------------------------------------------------
+@rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+def _reshape(b, node, g):
+    x = node.inputs[0]
+    return [b.op("Reshape", [g[0], b.shape_of(x)])]
+
+
+@rule("Transpose")
+def _transpose(b, node, g):
+    perm = node.attrs.get("perm")
+    if perm is None:
+        perm = list(range(len(node.inputs[0].shape)))[::-1]
+    inverse = list(np.argsort(perm))
+    return [b.op("Transpose", [g[0]], {"perm": [int(p) for p in inverse]})]
+
+
+def _const_ints(t, node, what):
+    if t is None or not t.name:
+        return None
+    if not isinstance(t, gs.Constant):
+        raise EdgeoodError(f"the gradient through {node.op} node '{node.name}' needs constant "
+                           f"{what}")
+    return [int(v) for v in np.asarray(t.values).ravel()]
+
+
+@rule("Pad")
+def _pad(b, node, g):
+    if node.attrs.get("mode", "constant") != "constant":
+        raise EdgeoodError(f"Pad node '{node.name}' uses mode {node.attrs['mode']}; only constant "
+                           "padding has a gradient rule")
+    x = node.inputs[0]
+    pads = _const_ints(node.inputs[1], node, "pads") if len(node.inputs) > 1 else node.attrs["pads"]
+    rank = len(pads) // 2
+    axes = _const_ints(node.inputs[3], node, "axes") if len(node.inputs) > 3 else list(range(rank))
+    if any(p < 0 for p in pads):
+        raise EdgeoodError(f"Pad node '{node.name}' crops (negative pads); no gradient rule")
+    starts, ends, ax = [], [], []
+    for i, a in enumerate(axes):
+        begin, end = pads[i], pads[i + rank]
+        if begin or end:
+            starts.append(begin)
+            ends.append(-end if end else np.iinfo(np.int64).max)
+            ax.append(a)
+    if not ax:
+        return [g[0], None, None, None][:len(node.inputs)]
+    sl = b.op("Slice", [g[0], b.c(starts, np.int64), b.c(ends, np.int64), b.c(ax, np.int64)])
+    return [sl] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Slice")
+def _slice(b, node, g):
+    x = node.inputs[0]
+    shape = _static(x.shape, "input", node)
+    starts = _const_ints(node.inputs[1], node, "starts")
+    ends = _const_ints(node.inputs[2], node, "ends")
+    axes = _const_ints(node.inputs[3], node, "axes") if len(node.inputs) > 3 else None
+    steps = _const_ints(node.inputs[4], node, "steps") if len(node.inputs) > 4 else None
+    axes = axes or list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    if any(s != 1 for s in steps):
+        raise EdgeoodError(f"Slice node '{node.name}' has steps {steps}; only step 1 has a "
+                           "gradient rule")
+    pads = [0] * (2 * len(shape))
+    for a, s, e in zip(axes, starts, ends):
+        a = a % len(shape)
+        dim = shape[a]
+        if not isinstance(dim, int):
+            raise EdgeoodError(f"Slice node '{node.name}' slices the batch axis; no gradient rule")
+        s = min(max(s + dim if s < 0 else s, 0), dim)
+        e = min(max(e + dim if e < 0 else e, 0), dim)
+        pads[a], pads[a + len(shape)] = s, dim - e
+    padded = b.op("Pad", [g[0], b.c(pads, np.int64), b.c(F32(0))], {"mode": "constant"})
+    return [padded] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Concat")
+def _concat(b, node, g):
+    axis = node.attrs["axis"]
+    out, start = [], 0
+    for t in node.inputs:
+        size = t.shape[axis] if t.shape is not None else None
+        if not isinstance(size, int):
+            raise EdgeoodError(f"Concat node '{node.name}' joins along a dynamic axis; no "
+                               "gradient rule")
+        out.append(b.op("Slice", [g[0], b.c([start], np.int64), b.c([start + size], np.int64),
+                                  b.c([axis], np.int64)]))
+        start += size
+    return out
+
+
+@rule("Split")
+def _split(b, node, g):
+    parts = [gi if gi is not None else b.g.mul(o, F32(0)) for gi, o in zip(g, node.outputs)]
+    return [b.op("Concat", parts, {"axis": node.attrs.get("axis", 0)})] + \
+        [None] * (len(node.inputs) - 1)
+
+
+# --- linear -----------------------------------------------------------------------------------
+@rule("Gemm")
+def _gemm(b, node, g):
+    if node.attrs.get("transA", 0) or not isinstance(node.inputs[1], gs.Constant):
+        raise EdgeoodError(f"Gemm node '{node.name}': only x @ W with constant W has a rule")
+    attrs = {"transB": 1 - int(node.attrs.get("transB", 0)), "alpha": float(node.attrs.get("alpha", 1.0))}
+    return [b.op("Gemm", [g[0], node.inputs[1]], attrs)] + [None] * (len(node.inputs) - 1)
+
+
+@rule("MatMul")
+def _matmul(b, node, g):
+    w = node.inputs[1]
+    if not isinstance(w, gs.Constant) or w.values.ndim != 2:
+        raise EdgeoodError(f"MatMul node '{node.name}': only x @ W with a constant 2-D W has a rule")
+    if node.inputs[0].shape is not None and len(node.inputs[0].shape) == 2:
+        return [b.op("Gemm", [g[0], w], {"transB": 1}), None]
+    return [b.op("MatMul", [g[0], b.c(np.ascontiguousarray(w.values.T))]), None]
+
+
+def _conv_geometry(node, x_shape, y_shape):
+    """(kernel, strides, dilations, pads) with auto_pad resolved to explicit pads."""
+    spatial = len(x_shape) - 2
+    k = list(node.attrs.get("kernel_shape") or node.inputs[1].values.shape[2:])
+    s = list(node.attrs.get("strides", [1] * spatial))
+    d = list(node.attrs.get("dilations", [1] * spatial))
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads_b, pads_e = [], []
+        for i in range(spatial):
+            total = max((y_shape[2 + i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - x_shape[2 + i], 0)
+            small, big = total // 2, total - total // 2
+            pads_b.append(small if auto == "SAME_UPPER" else big)
+            pads_e.append(big if auto == "SAME_UPPER" else small)
+        p = pads_b + pads_e
+    elif auto == "VALID":
+        p = [0] * (2 * spatial)
+    else:
+        p = list(node.attrs.get("pads", [0] * (2 * spatial)))
+    return k, s, d, p
+
+
+def _transpose_conv(b, grad, weight, group, k, s, d, p, in_spatial, out_spatial):
+    """ConvTranspose that maps a gradient of a conv output back onto the conv input."""
+    spatial = len(k)
+    out_pad = []
+    for i in range(spatial):
+        base = (out_spatial[i] - 1) * s[i] - p[i] - p[i + spatial] + (k[i] - 1) * d[i] + 1
+        out_pad.append(in_spatial[i] - base)
+    if any(o < 0 for o in out_pad):
+        raise EdgeoodError("internal: negative output_padding in a conv gradient")
+    attrs = {"group": int(group), "kernel_shape": k, "strides": s, "dilations": d, "pads": p}
+    if any(out_pad):
+        attrs["output_padding"] = out_pad
+    return b.op("ConvTranspose", [grad, weight], attrs)
+
+
+@rule("Conv")
+def _conv(b, node, g):
+    x, w = node.inputs[0], node.inputs[1]
+    if not isinstance(w, gs.Constant):
+        raise EdgeoodError(f"Conv node '{node.name}' has non-constant weights; no gradient rule")
+    xs = _static(x.shape, "input", node)
+    ys = _static(node.outputs[0].shape, "output", node)
+    k, s, d, p = _conv_geometry(node, xs, ys)
+    gx = _transpose_conv(b, g[0], w, node.attrs.get("group", 1), k, s, d, p, xs[2:], ys[2:])
+    return [gx] + [None] * (len(node.inputs) - 1)
+
+
+# --- pooling ----------------------------------------------------------------------------------
+@rule("GlobalAveragePool")
+def _gap(b, node, g):
+    xs = _static(node.inputs[0].shape, "input", node)
+    ones = np.full([1, 1] + xs[2:], 1.0 / np.prod(xs[2:]), F32)
+    return [b.g.mul(g[0], b.c(ones))]
+
+
+@rule("ReduceMean")
+def _reduce_mean(b, node, g):
+    x = node.inputs[0]
+    xs = _static(x.shape, "input", node)
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        axes = _const_ints(node.inputs[1], node, "axes")
+    axes = [a % len(xs) for a in (axes if axes is not None else range(len(xs)))]
+    if 0 in axes:
+        raise EdgeoodError(f"ReduceMean node '{node.name}' reduces the batch axis; no rule")
+    grad = g[0] if node.attrs.get("keepdims", 1) else b.g.unsqueeze(g[0], axes)
+    shape = [1] * len(xs)
+    for a in axes:
+        shape[a] = xs[a]
+    count = int(np.prod([xs[a] for a in axes]))
+    return [b.g.mul(grad, b.c(np.full(shape, 1.0 / count, F32)))] + [None] * (len(node.inputs) - 1)
+
+
+def _pool_geometry(node, xs, ys):
+    k, s, d, p = _conv_geometry(node, xs, ys)
+    spatial = len(k)
+    # ceil_mode: windows that run past the padded input count as padding
+    extra = [max(0, (ys[2 + i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - (xs[2 + i] + p[i] + p[i + spatial]))
+             for i in range(spatial)]
+    return k, s, d, p, extra
+
+
+def _onehot_kernels(channels: int, k: list[int]) -> np.ndarray:
+    """[C*K, 1, kh, kw]: input channel c*K + j has a single one at window offset j."""
+    kk = int(np.prod(k))
+    w = np.zeros([channels * kk, 1] + k, F32)
+    for c in range(channels):
+        for j in range(kk):
+            w[(c * kk + j, 0) + np.unravel_index(j, k)] = 1.0
+    return w
+
+
+def _scatter_windows(b, contrib, channels, k, s, d, p, extra, xs, ys):
+    """Sum per-window-offset contributions [N, C*K, OH, OW] back onto the input positions."""
+    spatial = len(k)
+    padded = [xs[2 + i] + p[i] + p[i + spatial] + extra[i] for i in range(spatial)]
+    w = b.c(_onehot_kernels(channels, k))
+    full = _transpose_conv(b, contrib, w, channels, k, s, d, [0] * (2 * spatial), padded, ys[2:])
+    return _crop(b, full, p, xs)
+
+
+@rule("MaxPool")
+def _maxpool(b, node, g):
+    """First-max-in-window mask (ties go to the earliest offset), without the Indices output."""
+    if len(node.outputs) > 1 and node.outputs[1].outputs:
+        raise EdgeoodError(f"MaxPool node '{node.name}' uses its Indices output, which TensorRT "
+                           "rejects; re-export without return_indices")
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = _static(x.shape, "input", node), _static(y.shape, "output", node)
+    k, s, d, p, extra = _pool_geometry(node, xs, ys)
+    spatial, kk, channels = len(k), int(np.prod(k)), xs[1]
+    src = x
+    if any(p) or any(extra):
+        pads = [0, 0] + p[:spatial] + [0, 0] + [p[spatial + i] + extra[i] for i in range(spatial)]
+        src = b.op("Pad", [x, b.c(pads, np.int64), b.c(F32(FLT_LOWEST))], {"mode": "constant"})
+    windows = []
+    for j in range(kk):  # exact copies of each window's j-th element: strided slices
+        off = np.unravel_index(j, k)
+        starts = [int(off[i]) * d[i] for i in range(spatial)]
+        ends = [starts[i] + (ys[2 + i] - 1) * s[i] + 1 for i in range(spatial)]
+        sl = b.op("Slice", [src, b.c(starts, np.int64), b.c(ends, np.int64),
+                            b.c(list(range(2, 2 + spatial)), np.int64), b.c(s, np.int64)])
+        windows.append(b.g.unsqueeze(sl, [2]))
+    win = b.op("Concat", windows, {"axis": 2})                       # N, C, K, OH, OW
+    hit = b.g.cast(b.g.equal(win, b.g.unsqueeze(y, [2])))
+    first = b.g.mul(hit, b.g.cast(b.g.equal(b.op("CumSum", [hit, b.c(np.int64(2), np.int64)]),
+                                            F32(1))))
+    contrib = b.g.mul(first, b.g.unsqueeze(g[0], [2]))
+    flat = b.op("Reshape", [contrib, b.c([0, channels * kk] + ys[2:], np.int64)])
+    return [_scatter_windows(b, flat, channels, k, s, d, p, extra, xs, ys)]
+
+
+@rule("AveragePool")
+def _avgpool(b, node, g):
+    """Each output spreads g / (its window's divisor) over its window (ONNX divisor rules:
+    count_include_pad counts pads, never the ceil_mode overflow)."""
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = _static(x.shape, "input", node), _static(y.shape, "output", node)
+    k, s, d, p, extra = _pool_geometry(node, xs, ys)
+    spatial, channels = len(k), xs[1]
+    include_pad = bool(node.attrs.get("count_include_pad", 0))
+    counts = np.ones([1, 1] + ys[2:], np.float64)
+    for i in range(spatial):  # window sizes are separable per axis
+        lo = -p[i] if include_pad else 0
+        hi = xs[2 + i] + (p[i + spatial] if include_pad else 0)
+        pos = (np.arange(ys[2 + i]) * s[i] - p[i])[:, None] + np.arange(k[i])[None, :] * d[i]
+        shape = [1] * (2 + spatial)
+        shape[2 + i] = ys[2 + i]
+        counts = counts * ((pos >= lo) & (pos < hi)).sum(1).reshape(shape)
+    scaled = b.g.mul(g[0], b.c((1.0 / counts).astype(F32)))
+    padded = [xs[2 + i] + p[i] + p[i + spatial] + extra[i] for i in range(spatial)]
+    ones = b.c(np.ones([channels, 1] + k, F32))
+    full = _transpose_conv(b, scaled, ones, channels, k, s, d, [0] * (2 * spatial), padded, ys[2:])
+    return [_crop(b, full, p, xs)]
+
+
+def _crop(b, full, p, xs):
+    """Cut the begin pads and anything past the input (end pads, ceil_mode overflow)."""
+    spatial = len(xs) - 2
+    starts = p[:spatial]
+    ends = [starts[i] + xs[2 + i] for i in range(spatial)]
+    return b.op("Slice", [full, b.c(starts, np.int64), b.c(ends, np.int64),
+                          b.c(list(range(2, 2 + spatial)), np.int64)])
+
+
+# --- the builder ------------------------------------------------------------------------------
+def _on_path(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor) -> list[gs.Node]:
+    """Nodes that depend on x and that y depends on, in topological (graph) order."""
+    depends = {x.name}
+    forward = []
+    for node in graph.nodes:
+        if any(t.name in depends for t in node.inputs) and node.op != "Shape":
+            forward.append(node)
+            depends.update(o.name for o in node.outputs)
+    needed = {y.name}
+    path = []
+    for node in reversed(forward):
+        if any(o.name in needed for o in node.outputs):
+            path.append(node)
+            needed.update(t.name for t in node.inputs if t.name in depends)
+    return path[::-1]
+
+
+def argmax_onehot(graph: gs.Graph, y: gs.Tensor, num_classes: int) -> gs.Variable:
+    """float32 one-hot of argmax over axis 1 (first maximum on ties)."""
+    b = _Backward(graph)
+    idx = b.op("ArgMax", [y], {"axis": 1, "keepdims": 1, "select_last_index": 0}, dtype=np.int64)
+    classes = b.c(np.arange(num_classes, dtype=np.int64).reshape(1, -1), np.int64)
+    return graph.cast(graph.equal(idx, classes))
+
+
+def input_gradient(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor, num_classes: int,
+                   name: str = "grad") -> gs.Variable:
+    """Append d y[n, argmax y[n]] / d x to the graph and return it (same shape as x)."""
+    with scope(graph, name):
+        b = _Backward(graph)
+        grads: dict[str, list] = {y.name: [argmax_onehot(graph, y, num_classes)]}
+        path = _on_path(graph, x, y)
+        on_path = {o.name for n in path for o in n.outputs} | {x.name}
+        for node in reversed(path):
+            outs = [_sum(b, grads.pop(o.name, [])) for o in node.outputs]
+            if all(o is None for o in outs):
+                continue
+            fn = RULES.get(node.op)
+            if fn is None:
+                raise EdgeoodError(f"no input-gradient rule for {node.op} (node '{node.name}'); "
+                                   f"supported ops: {', '.join(sorted(RULES))}")
+            for t, gt in zip(node.inputs, fn(b, node, outs)):
+                if gt is not None and t.name in on_path:
+                    grads.setdefault(t.name, []).append(gt)
+        result = _sum(b, grads.get(x.name, []))
+        if result is None:
+            raise EdgeoodError(f"the output {y.name} does not depend on the input {x.name}")
+        return result
+
+
+def _sum(b: _Backward, parts: list):
+    if not parts:
+        return None
+    total = parts[0]
+    for p in parts[1:]:
+        total = b.g.add(total, p)
+    return total
