@@ -209,13 +209,34 @@ def test_digits_cnn_against_autograd(digits_data):
     assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
 
 
+def _relu6_state_flips(model_proto, net64, x):
+    """Per sample: how many pre-activations sit on the other side of a ReLU6 kink in ORT
+    (float32, BN folded into the convs) than in torch float64. There the gradient is
+    legitimately different (it is discontinuous), so the 1e-4 bound applies to the others."""
+    from edgeood.graph.taps import tapped
+    g = prepare(model_proto)
+    clips = [n.inputs[0].name for n in g.nodes if n.op == "Clip"]
+    ort_pre = OrtBackend(to_model(tapped(g, clips)).SerializeToString()).run(x)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().numpy()))
+             for m in net64.modules() if isinstance(m, torch.nn.ReLU6)]
+    with torch.no_grad():
+        net64(torch.from_numpy(x.astype(np.float64)))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(clips)
+    state = lambda v: np.digitize(v, [0.0, 6.0], right=True)  # noqa: E731
+    return [sum(int((state(ort_pre[c][k]) != state(t[k])).sum()) for c, t in zip(clips, seen))
+            for k in range(len(x))]
+
+
 def test_lite0_against_autograd_and_dynamic_batch(lite0_model, lite0_photos):
     from edgeood.data import Preprocess
     from edgeood.recipes import load_recipe
     from edgeood.zoo import efficientnet_lite0 as lite0
     rec = load_recipe("efficientnet_lite0")
     pre = Preprocess(size=tuple(rec.input["size"]), mean=rec.input["mean"], std=rec.input["std"])
-    x = pre.normalize(lite0_photos[:3])
+    x = pre.normalize(lite0_photos[:4])
     proto = onnx.load(str(lite0_model))
     graph = prepare(proto)
     grad = input_gradient(graph, graph.inputs[0], graph.outputs[0], 1000)
@@ -227,10 +248,14 @@ def test_lite0_against_autograd_and_dynamic_batch(lite0_model, lite0_photos):
     got = backend.run(x)["grad"]
     one = backend.run(x[:1])["grad"]
     np.testing.assert_allclose(one[0], got[0], rtol=1e-4, atol=1e-7)
-    # float64 autograd: torch's own float32 gradient differs from it by ~4e-4 at ReLU6 kinks
     net = lite0.module().double()
     xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
     y = net(xt)
     y.gather(1, y.argmax(1, keepdim=True)).sum().backward()
     want = xt.grad.numpy()
-    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+    flips = _relu6_state_flips(proto, net, x)
+    clean = [k for k in range(len(x)) if flips[k] == 0]
+    assert len(clean) >= 2, f"activation-state flips per sample: {flips}"
+    for k in clean:
+        err = np.abs(got[k] - want[k]).max() / np.abs(want[k]).max()
+        assert err <= 1e-4, f"sample {k}: max relative error {err:.2e}"
