@@ -16,7 +16,7 @@ from edgeood.data import ImageSource, Preprocess, jigsaw
 from edgeood.errors import EdgeoodError
 from edgeood.graph.head import ClassifierHead
 from edgeood.graph.model import to_model
-from edgeood.graph.taps import tapped
+from edgeood.graph.ops import scope
 from edgeood.methods.base import Method
 from edgeood.progress import track, warn
 from edgeood.runtime.ort_backend import OrtBackend
@@ -45,10 +45,21 @@ def fit_methods(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
     fitting = [m for m in methods if m.needs_fit]
     if not fitting:
         return
+    g = graph.copy()
+    tensors = g.tensors()
     alias = {"logits": head.logits, "z": head.z}
     keys = list(dict.fromkeys(k for m in fitting for k in m.fit_taps()))
-    names = [alias.get(k, k) for k in keys]
-    backend = OrtBackend(to_model(tapped(graph, names)).SerializeToString())
+    outputs = {k: tensors[alias.get(k, k)] for k in keys}
+    available = {"logits": tensors[head.logits], "z": tensors[head.z], "input": g.inputs[0]}
+    for m in fitting:
+        with scope(g, f"fit/{m.name}"):
+            outputs.update(m.fit_graph(g, available))
+    for t in outputs.values():
+        t.dtype = t.dtype or np.float32
+    g.outputs = list({t.name: t for t in outputs.values()}.values())
+    keys = list(outputs)
+    names = [outputs[k].name for k in keys]
+    backend = OrtBackend(to_model(g).SerializeToString())
     rng = np.random.default_rng(seed)
     want_jigsaw = any(m.needs_jigsaw for m in fitting)
     for batch in track(source.batches(pre, batch_size), -(-len(source) // batch_size),

@@ -1,4 +1,4 @@
-"""The edgeood command line (typer): export, calibrate, run, eval, inspect, profile, demo.
+"""The edgeood command line (typer): export, calibrate, run, eval, inspect, check, profile, demo.
 
 Every command has --json (machine-readable output on stdout) and --quiet (no progress bars).
 Errors are one line on stderr and a non-zero exit; `edgeood --debug ...` shows tracebacks.
@@ -97,6 +97,10 @@ def _method_rows(meta: dict) -> list[list]:
             extra = f"block {d['selected_block']}"
         elif "threshold_activation" in d:
             extra = f"clip {d['threshold_activation']:.4g}"
+        elif "tuning" in d:
+            extra = f"p_max {d['tuning']['p_max']:g} (jigsaw AUROC {d['tuning']['auroc']:.3f})"
+        elif "q_reference_size" in d:
+            extra = f"ECDF of {d['q_reference_size']} Q' values"
         elif "k" in d:
             extra = f"k {d['k']}"
         rows.append([name + (" *" if name == meta["primary"] else ""),
@@ -128,10 +132,15 @@ def export(
     seed: int = typer.Option(0, "--seed", help="Seed for jigsaw images and subsampling."),
     logits: Optional[str] = typer.Option(None, "--logits", help="Logits tensor name."),
     penultimate: Optional[str] = typer.Option(None, "--penultimate", help="Feature tensor name."),
+    tune: bool = typer.Option(False, "--tune", help="Tune AdaSCALE's p_max against jigsaw images."),
     as_json: bool = JSON, quiet: bool = QUIET,
 ):
     """Fold OOD scoring into MODEL and calibrate it on ID images."""
     from edgeood.api import export as run_export
+    names = [m.strip() for m in (methods or "").split(",") if m.strip()]
+    param = list(param or []) + [f"{m}.tune=true" for m in names if tune and m.startswith("adascale")]
+    if tune and not any(m.startswith("adascale") for m in names):
+        raise EdgeoodError("--tune tunes AdaSCALE: add adascale_a or adascale_l to --methods")
     res = run_export(str(model), data=str(data) if data else None, methods=methods,
                      primary=primary, tpr=tpr, recipe=recipe, imgsz=imgsz, batch=batch, out=out,
                      keep_taps=keep_taps, params=list(param or []), opset=opset, seed=seed,
@@ -248,6 +257,25 @@ def inspect(
                if cal else "calibration: none (run edgeood calibrate)")
     _table("methods", ["method (* = primary)", "threshold", "fitted"], _method_rows(meta))
     _print_normratios(meta)
+
+
+@command
+def check(
+    model: Path = typer.Argument(..., help="An ONNX model or detector."),
+    as_json: bool = JSON,
+):
+    """Check a graph against TensorRT's ONNX parser limits (exit 1 when something fails)."""
+    from edgeood.graph.model import load_model
+    from edgeood.graph.trt_check import check_model
+    problems = check_model(load_model(model))
+    if as_json:
+        _print_json({"model": str(model), "ok": not problems, "problems": problems})
+    else:
+        for p in problems:
+            typer.echo(f"- {p}")
+        typer.echo(f"{model}: {'within' if not problems else 'outside'} TensorRT's parser limits")
+    if problems:
+        raise typer.Exit(1)
 
 
 @command

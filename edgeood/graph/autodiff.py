@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from edgeood.errors import EdgeoodError
 from edgeood.graph.ops import _layer, constant, scope
+from edgeood.graph.subgraph import nodes_between
 
 F32 = np.float32
 FLT_LOWEST = np.finfo(np.float32).min
@@ -450,23 +451,6 @@ def _crop(b, full, p, xs):
 
 
 # --- the builder ------------------------------------------------------------------------------
-def _on_path(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor) -> list[gs.Node]:
-    """Nodes that depend on x and that y depends on, in topological (graph) order."""
-    depends = {x.name}
-    forward = []
-    for node in graph.nodes:
-        if any(t.name in depends for t in node.inputs) and node.op != "Shape":
-            forward.append(node)
-            depends.update(o.name for o in node.outputs)
-    needed = {y.name}
-    path = []
-    for node in reversed(forward):
-        if any(o.name in needed for o in node.outputs):
-            path.append(node)
-            needed.update(t.name for t in node.inputs if t.name in depends)
-    return path[::-1]
-
-
 def argmax_onehot(graph: gs.Graph, y: gs.Tensor, num_classes: int) -> gs.Variable:
     """float32 one-hot of argmax over axis 1 (first maximum on ties)."""
     b = _Backward(graph)
@@ -481,7 +465,7 @@ def input_gradient(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor, num_classes: int
     with scope(graph, name):
         b = _Backward(graph)
         grads: dict[str, list] = {y.name: [argmax_onehot(graph, y, num_classes)]}
-        path = _on_path(graph, x, y)
+        path = nodes_between(graph, x, y)
         on_path = {o.name for n in path for o in n.outputs} | {x.name}
         for node in reversed(path):
             outs = [_sum(b, grads.pop(o.name, [])) for o in node.outputs]

@@ -42,7 +42,7 @@ def build_scores(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
     n = batch_dim(graph)
     logits.dtype = logits.dtype or np.float32
     logits.shape = [n, head.num_classes]
-    available = {"logits": logits, "z": tensors[head.z]}
+    available = {"logits": logits, "z": tensors[head.z], "input": graph.inputs[0]}
     outputs = [logits]
     for m in methods:
         for key in m.taps():
@@ -55,7 +55,7 @@ def build_scores(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
         outputs.append(_set_output(score, f"score_{m.name}", [n]))
     if keep_taps:
         for key, t in available.items():
-            if key == "logits":
+            if key in ("logits", "input"):
                 continue
             with scope(graph, "tap"):
                 copy = graph.identity(t)

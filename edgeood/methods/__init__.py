@@ -1,4 +1,5 @@
 """Scoring methods, one module each; importing this package registers them."""
-from edgeood.methods import energy, featurenorm, maxlogit, msp, react, scale  # noqa: F401
+from edgeood.methods import (adascale, energy, featurenorm, maxlogit, msp, react,  # noqa: F401
+                             scale)
 from edgeood.methods.base import (REGISTRY, Method, ModelInfo, create, from_metadata,  # noqa: F401
                                    parse_params)

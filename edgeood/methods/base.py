@@ -4,7 +4,8 @@ A method never touches ONNX Runtime, files or the CLI: it says which tensors it 
 statistics on streamed batches of those tensors, appends its scoring subgraph, and carries a
 NumPy reference of the same formula for the parity tests.
 
-Tap keys: "logits", "z" (the penultimate feature vector) or a tensor name of the graph (blocks).
+Tap keys: "logits", "z" (the penultimate feature vector), "input" (the graph input) or a tensor
+name of the graph (blocks).
 """
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ class Method:
     def fit_taps(self) -> list[str]:
         """Tap keys needed by fit_update (empty when nothing is fitted)."""
         return []
+
+    def fit_graph(self, graph: gs.Graph, t: dict[str, gs.Tensor]) -> dict[str, gs.Tensor]:
+        """Extra tensors to compute in the calibration graph, by key (default: none)."""
+        return {}
 
     def fit_update(self, taps: dict[str, np.ndarray], source: str) -> None:
         """One batch of tap values; source is "id" or "jigsaw" (the jigsaw of the same images)."""

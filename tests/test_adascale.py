@@ -1,0 +1,117 @@
+"""AdaSCALE: the folded score against a reference built from torch.autograd (gradient),
+NumPy (least-|g| mask, ECDF, percentile, scaling) and torch (the perturbed second pass)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edgeood
+from edgeood.graph.model import prepare, to_model
+from edgeood.methods import ModelInfo, create
+from edgeood.methods.adascale import least_mask, least_mask_reference
+from edgeood.runtime.ort_backend import OrtBackend
+
+
+def _q_reference(path, name):
+    m = onnx.load(str(path))
+    init = {i.name: i for i in m.graph.initializer}
+    return onnx.numpy_helper.to_array(init[f"{name}/q_reference"]).ravel()
+
+
+def torch_adascale(net, features, x, method, head_weight, head_bias):
+    """The full AdaSCALE score with torch.autograd for the gradient, in float64."""
+    net = net.double()
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    logits = net(xt)
+    logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    g = xt.grad.numpy()
+    n = int(np.prod(x.shape[1:]) * method.params["o"])
+    mask = least_mask_reference(np.abs(g).reshape(len(x), -1), n).reshape(x.shape)
+    xp = x.astype(np.float64) + method.params["eps"] * np.sign(g) * mask
+    with torch.no_grad():
+        z = features(torch.from_numpy(x.astype(np.float64))).numpy()
+        zp = features(torch.from_numpy(xp)).numpy()
+        lg = logits.detach().numpy()
+    return method.reference({"z": z, "z_perturbed": zp, "logits": lg})
+
+
+@pytest.mark.parametrize("name", ["adascale_a", "adascale_l"])
+def test_digits_adascale_matches_torch_reference(name, digits_data, tmp_path):
+    from edgeood.zoo import digits
+    net = digits.train_cnn(digits_data, seed=0, epochs=3)
+    res = edgeood.export(net, data=digits_data.val[0], methods=[name], recipe="digits_cnn",
+                         out=tmp_path / "a.onnx")
+    m = create(name, {k: v for k, v in res.metadata["methods"][name].items()
+                      if k in create(name).defaults})
+    g = prepare(onnx.load(str(res.path)))
+    head = edgeood.graph.head.find_head(g) if False else None  # noqa: F841
+    from edgeood.graph.head import ClassifierHead
+    w = net.fc.weight.detach().numpy()
+    b = net.fc.bias.detach().numpy()
+    m.bind(ModelInfo(ClassifierHead("z", "logits", w, b, "Gemm")))
+    m.fitted["q_reference"] = _q_reference(res.path, name)
+    x = digits.PREPROCESS.normalize(np.concatenate([digits_data.test[0][:40], digits_data.near[:40]]))
+    got = edgeood.load(res.path)(x).scores[name]
+    feats = lambda t: torch.flatten(net.pool(net.features(t)), 1)  # noqa: E731
+    want = torch_adascale(net, feats, x, m, w, b)
+    scale = max(1.0, np.abs(want).max())
+    assert np.abs(got - want).max() / scale <= 1e-4
+
+
+def test_least_mask_paths_agree_with_numpy():
+    """TopK path, multi-round path (small limit) and NumPy's stable argsort, with many ties."""
+    import onnx_graphsurgeon as gs
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 6, size=(3, 50)).astype(np.float32)  # heavy ties
+    outs = {}
+    for limit in (50, 7, 1):
+        x = gs.Variable("v", np.float32, ["n", 50])
+        graph = gs.Graph(inputs=[x], opset=17)
+        mask = least_mask(graph, x, 23, limit)
+        mask.name, mask.dtype = "mask", np.float32
+        graph.outputs = [mask]
+        outs[limit] = OrtBackend(to_model(graph).SerializeToString()).run(v)["mask"]
+    want = least_mask_reference(v, 23)
+    for limit, got in outs.items():
+        np.testing.assert_array_equal(got, want, err_msg=f"limit {limit}")
+
+
+@pytest.fixture(scope="module")
+def lite0_adascale(lite0_model, lite0_photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ada") / "lite0_ada.onnx"
+    return edgeood.export(lite0_model, data=lite0_photos[:24], methods=["adascale_a", "adascale_l"],
+                          recipe="efficientnet_lite0", out=out, batch=8)
+
+
+def test_lite0_adascale_matches_torch_reference(lite0_adascale, lite0_photos):
+    """n = int(3 * 224 * 224 * 0.05) = 7526 >= 3840: the multi-round least-|g| path."""
+    from edgeood.graph.head import ClassifierHead
+    from edgeood.zoo import efficientnet_lite0 as lite0
+    res = lite0_adascale
+    det = edgeood.load(res.path)
+    x = det.preprocess.normalize(lite0_photos[24:30])
+    out = det(x)
+    net = lite0.module()
+    w = net._fc.weight.detach().numpy()
+    b = net._fc.bias.detach().numpy()
+    for name in ("adascale_a", "adascale_l"):
+        m = create(name, {k: v for k, v in res.metadata["methods"][name].items()
+                          if k in create(name).defaults})
+        m.bind(ModelInfo(ClassifierHead("z", "logits", w, b, "Gemm")))
+        m.fitted["q_reference"] = _q_reference(res.path, name)
+        feats = lambda t: net.extract_features(t).mean(dim=(2, 3))  # noqa: E731
+        want = torch_adascale(net, feats, x, m, w, b)
+        got = out.scores[name]
+        scale = max(1.0, np.abs(want).max())
+        assert np.abs(got - want).max() / scale <= 1e-4, (got, want)
+
+
+def test_adascale_graph_within_tensorrt_limits(lite0_adascale):
+    from edgeood.graph.trt_check import check_model
+    model = onnx.load(str(lite0_adascale.path))
+    assert check_model(model) == []
+    topks = [n for n in model.graph.node if n.op_type == "TopK"]
+    assert len(topks) >= 4  # two rounds of the least-|g| search per variant
+    assert not any(n.op_type == "MaxPool" and len(n.output) > 1 for n in model.graph.node)
