@@ -91,6 +91,10 @@ CONV_CASES = {
     "depthwise_dilated": (dict(group=3, dilations=[2, 2], pads=[2, 2, 2, 2]), (3, 1, 3, 3)),
     "same_upper_stride2": (dict(auto_pad="SAME_UPPER", strides=[2, 2]), (4, 3, 3, 3)),
     "1x1_stride2": (dict(strides=[2, 2]), (5, 3, 1, 1)),
+    "1x1_stride1": (dict(), (5, 3, 1, 1)),
+    "depthwise_stride2_pad": (dict(group=3, strides=[2, 2], pads=[1, 1, 1, 1]), (3, 1, 3, 3)),
+    "depthwise_stride2_valid_5x5": (dict(group=3, strides=[2, 2]), (3, 1, 5, 5)),
+    "depthwise_stride2_asym": (dict(group=3, strides=[2, 1], pads=[2, 0, 1, 2]), (3, 1, 5, 3)),
 }
 
 

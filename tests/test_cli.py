@@ -78,7 +78,7 @@ def test_export_calibrate_run_eval_inspect_profile(digits_model, digits_files, t
 
 def test_version_and_help():
     assert "edgeood" in cli("--version").stdout
-    for cmd in ("export", "calibrate", "run", "eval", "inspect", "profile", "demo"):
+    for cmd in ("export", "calibrate", "run", "eval", "inspect", "check", "profile", "demo"):
         assert "--json" in cli(cmd, "--help").stdout
 
 
@@ -88,9 +88,36 @@ def test_demo(tmp_path):
     result = json.loads(proc.stdout)
     digits = result["digits"]
     rows = {(r["method"], r["ood"]): r for r in digits["results"]}
-    assert len(rows) == 12
+    assert len(rows) == 16
     assert all(r["auroc"] > 0.7 for r in rows.values())
     assert (tmp_path / "digits.detector.onnx").is_file()
     lite = result["efficientnet_lite0"]
     assert lite["selected_block"] in lite["norm_ratios"]
     assert (tmp_path / "demo_result.json").is_file()
+
+
+def test_check_and_tune(digits_model, digits_files, tmp_path):
+    det = tmp_path / "ada.onnx"
+    out = json.loads(cli("export", digits_model, "--data", digits_files / "val.npz", "--recipe",
+                         "digits_cnn", "--methods", "adascale_a,energy", "--tune", "--out", det,
+                         "--json").stdout)
+    tuning = out["metadata"]["methods"]["adascale_a"]["tuning"]
+    assert tuning["p_max"] in [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0]
+    assert tuning["auroc"] == max(tuning["grid"].values())
+    ok = json.loads(cli("check", det, "--json").stdout)
+    assert ok["ok"] and ok["problems"] == []
+    # a graph outside the limits: TopK with K = 5000
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6000])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 5000])
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, [1, 5000])
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [5000])
+    g = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["v", "i"])], "g", [x], [v, i], [k])
+    bad = tmp_path / "bad.onnx"
+    import onnx
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(bad))
+    proc = cli("check", bad, check=False)
+    assert proc.returncode == 1 and "exceeds 3839" in proc.stdout
+    err = cli("export", digits_model, "--data", digits_files / "val.npz", "--recipe", "digits_cnn",
+              "--methods", "energy", "--tune", "--out", tmp_path / "x.onnx", check=False)
+    assert err.returncode == 2 and "--tune tunes AdaSCALE" in err.stderr

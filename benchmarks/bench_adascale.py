@@ -1,0 +1,124 @@
+"""AdaSCALE latency on EfficientNet-Lite0 (ONNX Runtime CPU, one thread, no spinning): the plain
+classifier, the folded AdaSCALE-A / -L detectors (forward + input gradient + second forward in
+one graph), and a PyTorch eager implementation of the same score (one thread). Timed round-robin
+in one run.
+
+    python benchmarks/bench_adascale.py [--rounds 8] [--per-round 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+import edgeood
+from edgeood.graph.head import find_head
+from edgeood.graph.model import prepare, to_model
+from edgeood.graph.taps import tapped
+from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.zoo import efficientnet_lite0 as lite0
+
+NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
+def torch_adascale(net, x, ref, variant, p_min=60.0, p_max=90.0, o=0.05, eps=0.5, lam=10.0):
+    """The same score in PyTorch eager (float32), as a user would write it on the host."""
+    x = x.clone().requires_grad_()
+    z = net.extract_features(x).mean(dim=(2, 3))
+    logits = net._fc(z)
+    logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    g = x.grad
+    with torch.no_grad():
+        flat = g.abs().flatten(1)
+        n = int(flat.shape[1] * o)
+        mask = torch.zeros_like(flat).scatter_(1, flat.topk(n, largest=False).indices, 1.0)
+        xp = x + eps * g.sign() * mask.view_as(x)
+        zp = net.extract_features(xp).mean(dim=(2, 3))
+        d = z.shape[1]
+        k1, k2 = int(d * 1 / 100), int(d * 5 / 100)
+        idx = z.topk(k2, dim=1).indices
+        q = lam * (z - zp).abs().gather(1, idx[:, :k1]).sum(1) + zp.relu().gather(1, idx).sum(1)
+        ecdf = torch.searchsorted(ref, q, right=True).float() / len(ref)
+        p = p_min + (1 - ecdf) * (p_max - p_min)
+        k = d - torch.round(d * p / 100)
+        kmax = int(d - round(d * p_min / 100))
+        a = z.relu()
+        top = a.topk(kmax, dim=1).values
+        keep = (torch.arange(kmax)[None, :] < k[:, None]).float()
+        r = a.sum(1) / (top * keep).sum(1)
+        out = (logits - net._fc.bias) * r.exp()[:, None] + net._fc.bias if variant == "A" \
+            else logits * (r * r)[:, None]
+        return torch.logsumexp(out, dim=1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--per-round", type=int, default=5)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--out", default="benchmarks/results/adascale_lite0.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    src = lite0.model_path()
+    graph = prepare(onnx.load(str(src)))
+    head = find_head(graph)
+    variants = {"classifier": OrtBackend(to_model(tapped(graph, [head.logits])).SerializeToString(),
+                                         threads=1, config=NO_SPIN).run}
+    net = lite0.module()
+    result = {"model": "efficientnet_lite0", "threads": 1, "batches": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("adascale_a", "adascale_l"):
+            res = edgeood.export(src, data=lite0.photos(100, seed=0), methods=[name],
+                                 recipe=lite0.RECIPE, out=Path(tmp) / f"{name}.onnx", batch=16)
+            variants[f"folded:{name}"] = OrtBackend(res.path, threads=1, config=NO_SPIN).run
+            m = onnx.load(str(res.path))
+            ref = next(onnx.numpy_helper.to_array(i) for i in m.graph.initializer
+                       if i.name == f"{name}/q_reference").ravel()
+            variant = "A" if name.endswith("_a") else "L"
+            variants[f"torch_eager:{name}"] = (
+                lambda x, ref=torch.from_numpy(ref.copy()), v=variant:
+                torch_adascale(net, torch.from_numpy(x), ref, v))
+        for b in args.batch:
+            x = lite0.photos(b, seed=1)
+            from edgeood.data import Preprocess
+            from edgeood.recipes import load_recipe
+            rin = load_recipe(lite0.RECIPE).input
+            x = Preprocess(size=tuple(rin["size"]), mean=rin["mean"], std=rin["std"]).normalize(x)
+            for fn in variants.values():
+                fn(x)
+            samples = {k: [] for k in variants}
+            for _ in range(args.rounds):
+                for k, fn in variants.items():
+                    for _ in range(args.per_round):
+                        t0 = time.perf_counter()
+                        fn(x)
+                        samples[k].append((time.perf_counter() - t0) * 1e3)
+            lat = {k: {"min_ms": float(np.min(s)), "p50_ms": float(np.median(s))}
+                   for k, s in samples.items()}
+            base = lat["classifier"]
+            ratios = {}
+            for name in ("adascale_a", "adascale_l"):
+                f, t = lat[f"folded:{name}"], lat[f"torch_eager:{name}"]
+                ratios[name] = {"folded_over_classifier": f["p50_ms"] / base["p50_ms"],
+                                "folded_over_torch_eager": f["p50_ms"] / t["p50_ms"],
+                                "folded_over_classifier_min": f["min_ms"] / base["min_ms"]}
+            result["batches"][str(b)] = {"latency": lat, "ratios": ratios}
+            print(f"batch {b}: classifier p50 {base['p50_ms']:.2f} ms")
+            for name, r in ratios.items():
+                print(f"  {name}: folded p50 {lat[f'folded:{name}']['p50_ms']:.2f} ms = "
+                      f"{r['folded_over_classifier']:.2f}x classifier (min {r['folded_over_classifier_min']:.2f}x), "
+                      f"{r['folded_over_torch_eager']:.2f}x torch eager "
+                      f"({lat[f'torch_eager:{name}']['p50_ms']:.2f} ms)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
