@@ -111,11 +111,12 @@ def export(model, data=None, methods=None, primary: str | None = None, tpr: floa
            recipe=None, imgsz=None, batch: int = 32, out=None, keep_taps: bool = False,
            params=None, opset: int = 17, seed: int = 0, mean=None, std=None,
            logits: str | None = None, penultimate: str | None = None,
-           progress: bool = False) -> ExportResult:
+           tune_ood=None, progress: bool = False) -> ExportResult:
     """Fold OOD scoring into a classifier and calibrate it on ID images.
 
     model: an .onnx path, an onnx.ModelProto or a torch.nn.Module. data: a folder of ID images,
     a .npy/.npz, or an array (None: scores only, no thresholds; run calibrate() later).
+    tune_ood: OOD validation images for AdaSCALE's tuning (default: jigsaw images of `data`).
     """
     if isinstance(model, (str, Path)) and not Path(model).is_file():
         raise EdgeoodError(f"{model}: no such file; pass the path of an .onnx model")
@@ -135,6 +136,14 @@ def export(model, data=None, methods=None, primary: str | None = None, tpr: floa
         raise EdgeoodError(f"{need} fit statistics on ID images: pass --data ID_DIR")
     if source is not None:
         check_count(source)
+    ood = open_source(tune_ood, "tune-ood") if tune_ood is not None else None
+    if ood is not None:
+        tuning = [m for m in chosen if m.params.get("tune")]
+        if not tuning:
+            raise EdgeoodError("--tune-ood is for AdaSCALE's --tune: add --tune and adascale_a "
+                               "or adascale_l to --methods")
+        for m in tuning:
+            m.tunes_on_ood = True
     if out is not None and not Path(out).parent.exists():
         raise EdgeoodError(f"output folder {Path(out).parent} does not exist; create it first")
 
@@ -155,7 +164,7 @@ def export(model, data=None, methods=None, primary: str | None = None, tpr: floa
     pre = _preprocess(rec, _shape_from(rec, imgsz, input_chw(graph)), mean, std)
 
     if source is not None:
-        fit_methods(graph, head, chosen, source, pre, batch, seed, progress)
+        fit_methods(graph, head, chosen, source, pre, batch, seed, progress, ood)
     folded = graph.copy()
     build_scores(folded, copy.copy(head), chosen, keep_taps)
     meta = {

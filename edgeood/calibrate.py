@@ -39,9 +39,10 @@ def check_count(source: ImageSource) -> int:
 
 def fit_methods(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
                 source: ImageSource, pre: Preprocess, batch_size: int, seed: int,
-                progress: bool = False) -> None:
+                progress: bool = False, ood: ImageSource | None = None) -> None:
     """Run the tapped graph over the ID images (and their jigsaws when a method asks) and feed
-    every method that fits statistics."""
+    every method that fits statistics; OOD validation images, when given, go to the methods
+    that tune against them (source "ood")."""
     fitting = [m for m in methods if m.needs_fit]
     if not fitting:
         return
@@ -73,6 +74,14 @@ def fit_methods(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
             for m in fitting:
                 if kind == "id" or m.needs_jigsaw:
                     m.fit_update(taps, kind)
+    if ood is not None and any(m.tunes_on_ood for m in fitting):
+        for batch in track(ood.batches(pre, batch_size), -(-len(ood) // batch_size),
+                           "OOD validation", progress):
+            out = backend.run(batch.x, names)
+            taps = {k: out[n] for k, n in zip(keys, names)}
+            for m in fitting:
+                if m.tunes_on_ood:
+                    m.fit_update(taps, "ood")
     for m in fitting:
         m.fit_end()
 

@@ -98,7 +98,8 @@ def _method_rows(meta: dict) -> list[list]:
         elif "threshold_activation" in d:
             extra = f"clip {d['threshold_activation']:.4g}"
         elif "tuning" in d:
-            extra = f"p_max {d['tuning']['p_max']:g} (jigsaw AUROC {d['tuning']['auroc']:.3f})"
+            t = d["tuning"]
+            extra = f"p_max {t['p_max']:g} ({t['against']} AUROC {t['auroc']:.3f})"
         elif "q_reference_size" in d:
             extra = f"ECDF of {d['q_reference_size']} Q' values"
         elif "k" in d:
@@ -133,6 +134,8 @@ def export(
     logits: Optional[str] = typer.Option(None, "--logits", help="Logits tensor name."),
     penultimate: Optional[str] = typer.Option(None, "--penultimate", help="Feature tensor name."),
     tune: bool = typer.Option(False, "--tune", help="Tune AdaSCALE's p_max against jigsaw images."),
+    tune_ood: Optional[Path] = typer.Option(None, "--tune-ood",
+                                            help="OOD validation images for --tune."),
     as_json: bool = JSON, quiet: bool = QUIET,
 ):
     """Fold OOD scoring into MODEL and calibrate it on ID images."""
@@ -144,7 +147,8 @@ def export(
     res = run_export(str(model), data=str(data) if data else None, methods=methods,
                      primary=primary, tpr=tpr, recipe=recipe, imgsz=imgsz, batch=batch, out=out,
                      keep_taps=keep_taps, params=list(param or []), opset=opset, seed=seed,
-                     logits=logits, penultimate=penultimate, progress=not (quiet or as_json))
+                     logits=logits, penultimate=penultimate,
+                     tune_ood=str(tune_ood) if tune_ood else None, progress=not (quiet or as_json))
     if as_json:
         return _print_json({"path": str(res.path), "metadata": res.metadata})
     if not quiet:

@@ -115,3 +115,26 @@ def test_adascale_graph_within_tensorrt_limits(lite0_adascale):
     topks = [n for n in model.graph.node if n.op_type == "TopK"]
     assert len(topks) >= 4  # two rounds of the least-|g| search per variant
     assert not any(n.op_type == "MaxPool" and len(n.output) > 1 for n in model.graph.node)
+
+
+def test_tune_against_user_ood_set(digits_model, digits_data, tmp_path):
+    """With OOD validation images, p_max maximises AUROC against them (checked by recomputing
+    the AUROC of every grid value with the reference on the folded detectors)."""
+    from edgeood.metrics import auroc
+    res = edgeood.export(digits_model, data=digits_data.val[0], methods=["adascale_a"],
+                         recipe="digits_cnn", params={"adascale_a": {"tune": True}},
+                         tune_ood=digits_data.far[:150], out=tmp_path / "t.onnx")
+    tuning = res.metadata["methods"]["adascale_a"]["tuning"]
+    assert tuning["against"] == "ood"
+    grid = {float(k): v for k, v in tuning["grid"].items()}
+    # each grid value's AUROC, measured on detectors exported with that p_max
+    measured = {}
+    for p_max in (min(grid), tuning["p_max"], max(grid)):
+        r = edgeood.export(digits_model, data=digits_data.val[0], methods=["adascale_a"],
+                           recipe="digits_cnn", params={"adascale_a": {"p_max": p_max}},
+                           out=tmp_path / f"p{p_max:g}.onnx")
+        det = edgeood.load(r.path)
+        measured[p_max] = auroc(det(digits_data.val[0]).scores["adascale_a"],
+                                det(digits_data.far[:150]).scores["adascale_a"])
+        assert measured[p_max] == pytest.approx(grid[p_max], abs=0.01)
+    assert measured[tuning["p_max"]] >= max(measured.values()) - 0.01

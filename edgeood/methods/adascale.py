@@ -85,7 +85,7 @@ class _AdaScale(Method):
 
     @property
     def needs_jigsaw(self):  # type: ignore[override]
-        return bool(self.params["tune"])
+        return bool(self.params["tune"]) and not self.tunes_on_ood
 
     # derived sizes
     def _k12(self):
@@ -150,7 +150,9 @@ class _AdaScale(Method):
             store["logits"].append(taps["logits"])
 
     def fit_end(self):
-        ident, jig = self.fitted.pop("_id"), self.fitted.pop("_jigsaw", None)
+        ident = self.fitted.pop("_id")
+        against = "ood" if "_ood" in self.fitted else "jigsaw"
+        jig = self.fitted.pop(f"_{against}", None)
         q = np.concatenate(ident["q"])
         if len(q) > MAX_REFERENCE:
             q = np.random.default_rng(0).choice(q, MAX_REFERENCE, replace=False)
@@ -168,7 +170,7 @@ class _AdaScale(Method):
             best = max(grid, key=lambda p: (results[p], -abs(p - 90)))
             self.params["p_max"] = best
             self.fitted["tuning"] = {"p_max": best, "auroc": results[best],
-                                     "against": "jigsaw", "grid": {str(k): v for k, v in results.items()}}
+                                     "against": against, "grid": {str(k): v for k, v in results.items()}}
 
     # --- scoring ------------------------------------------------------------------------------
     def taps(self):

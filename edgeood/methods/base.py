@@ -36,6 +36,7 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     needs_fit: ClassVar[bool] = False
     needs_jigsaw: ClassVar[bool] = False
+    tunes_on_ood: bool = False  # set by the API when OOD validation images are given
 
     def __init__(self, **params: Any):
         unknown = [k for k in params if k not in self.defaults]
