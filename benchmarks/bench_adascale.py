@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import edgeood
 from edgeood.graph.head import find_head
 from edgeood.graph.model import prepare, to_model
 from edgeood.graph.taps import tapped
+from edgeood.profile import round_robin
 from edgeood.runtime.ort_backend import OrtBackend
 from edgeood.zoo import efficientnet_lite0 as lite0
 
@@ -90,15 +90,8 @@ def main():
             from edgeood.recipes import load_recipe
             rin = load_recipe(lite0.RECIPE).input
             x = Preprocess(size=tuple(rin["size"]), mean=rin["mean"], std=rin["std"]).normalize(x)
-            for fn in variants.values():
-                fn(x)
-            samples = {k: [] for k in variants}
-            for _ in range(args.rounds):
-                for k, fn in variants.items():
-                    for _ in range(args.per_round):
-                        t0 = time.perf_counter()
-                        fn(x)
-                        samples[k].append((time.perf_counter() - t0) * 1e3)
+            samples = round_robin({k: (lambda fn=fn: fn(x)) for k, fn in variants.items()},
+                                  args.rounds, args.per_round)
             lat = {k: {"min_ms": float(np.min(s)), "p50_ms": float(np.median(s))}
                    for k, s in samples.items()}
             base = lat["classifier"]

@@ -22,6 +22,7 @@ from edgeood.graph.head import find_head
 from edgeood.graph.model import prepare, to_model
 from edgeood.graph.taps import tapped
 from edgeood.methods import ModelInfo, from_metadata
+from edgeood.profile import round_robin
 from edgeood.runtime.ort_backend import OrtBackend as _Ort
 
 # Many sessions timed round-robin: idle thread pools must not spin and steal the CPU.
@@ -65,17 +66,8 @@ def build_variants(tmp: Path, batch_sizes):
 
 
 def measure(variants, x, rounds: int, per_round: int):
-    import time
-    for v in variants.values():  # warm-up
-        for _ in range(3):
-            v["run"](x)
-    samples = {k: [] for k in variants}
-    for _ in range(rounds):
-        for name, v in variants.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                v["run"](x)
-                samples[name].append((time.perf_counter() - t0) * 1e3)
+    samples = round_robin({k: (lambda v=v: v["run"](x)) for k, v in variants.items()},
+                          rounds, per_round)
     return {k: {"min_ms": float(np.min(s)), "p50_ms": float(np.median(s)),
                 "p90_ms": float(np.percentile(s, 90)), "mean_ms": float(np.mean(s)), "n": len(s)}
             for k, s in samples.items()}

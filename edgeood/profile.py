@@ -34,6 +34,19 @@ def time_runs(fn, warmup: int, iterations: int) -> np.ndarray:
     return out
 
 
+def round_robin(fns: dict, rounds: int, per_round: int, warmup: int = 3) -> dict[str, np.ndarray]:
+    """Milliseconds per call of every function, timed in turns (per_round calls each, `rounds`
+    times), so that all variants see the same machine state: ratios measured side by side."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].extend(time_runs(fn, 0, per_round))
+    return {k: np.asarray(v) for k, v in samples.items()}
+
+
 def latency_stats(ms: np.ndarray, batch: int, percentiles=(50, 90, 99)) -> dict:
     stats = {f"p{p:g}": float(np.percentile(ms, p)) for p in percentiles}
     stats.update(mean=float(ms.mean()), min=float(ms.min()), std=float(ms.std()))
