@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,7 +21,7 @@ from edgeood.graph.head import find_head
 from edgeood.graph.model import (batch_dim, file_sha256, input_chw, load_model, model_opset,
                                  prepare, to_model)
 from edgeood.graph.taps import find_block_candidates, resolve
-from edgeood.metadata import SCHEMA_VERSION, read_metadata, save_detector
+from edgeood.metadata import SCHEMA_VERSION, read_metadata, save_detector, session_source
 from edgeood.methods.base import Method, ModelInfo, create, parse_params
 from edgeood.recipes import Recipe, load_recipe
 from edgeood.runtime.ort_backend import OrtBackend
@@ -204,8 +205,9 @@ def _calibrate_into(graph: gs.Graph, meta: dict, source: ImageSource, pre: Prepr
                     batch: int, tpr: float, seed: int, progress: bool) -> None:
     """Score the ID set with the folded graph, set thresholds and references, fold the decision."""
     methods = list(meta["methods"])
-    backend = OrtBackend(to_model(graph.copy()).SerializeToString())
-    scored = score_source(backend, methods, source, pre, batch, progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = OrtBackend(session_source(to_model(graph.copy()), tmp))
+        scored = score_source(backend, methods, source, pre, batch, progress)
     refs = {}
     for m in methods:
         s = scored.scores[m]

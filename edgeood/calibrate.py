@@ -7,6 +7,7 @@ of the graph.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from edgeood.errors import EdgeoodError
 from edgeood.graph.head import ClassifierHead
 from edgeood.graph.model import to_model
 from edgeood.graph.ops import scope
+from edgeood.metadata import session_source
 from edgeood.methods.base import Method
 from edgeood.progress import track, warn
 from edgeood.runtime.ort_backend import OrtBackend
@@ -60,20 +62,35 @@ def fit_methods(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
     g.outputs = list({t.name: t for t in outputs.values()}.values())
     keys = list(outputs)
     names = [outputs[k].name for k in keys]
-    backend = OrtBackend(to_model(g).SerializeToString())
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = OrtBackend(session_source(to_model(g), tmp))
+        _fit_loop(backend, keys, names, fitting, source, pre, batch_size, seed, progress, ood)
+
+
+def _fit_loop(backend, keys, names, fitting, source, pre, batch_size, seed, progress, ood):
+    """The passes over the data (a function of its own so the session outlives no temp file)."""
     rng = np.random.default_rng(seed)
     want_jigsaw = any(m.needs_jigsaw for m in fitting)
-    for batch in track(source.batches(pre, batch_size), -(-len(source) // batch_size),
-                       "fitting", progress):
-        runs = [("id", batch.x)]
-        if want_jigsaw:
-            runs.append(("jigsaw", jigsaw(batch.x, rng, pre.zero_pixel())))
-        for kind, x in runs:
-            out = backend.run(x, names)
-            taps = {k: out[n] for k, n in zip(keys, names)}
-            for m in fitting:
-                if kind == "id" or m.needs_jigsaw:
-                    m.fit_update(taps, kind)
+    passes = max(m.fit_passes for m in fitting)
+    for index in range(passes):
+        active = [m for m in fitting if m.fit_passes > index]
+        jig = want_jigsaw and index == 0
+        label = "fitting" if passes == 1 else f"fitting (pass {index + 1}/{passes})"
+        for batch in track(source.batches(pre, batch_size), -(-len(source) // batch_size),
+                           label, progress):
+            runs = [("id", batch.x)]
+            if jig:
+                runs.append(("jigsaw", jigsaw(batch.x, rng, pre.zero_pixel())))
+            for kind, x in runs:
+                out = backend.run(x, names)
+                taps = {k: out[n] for k, n in zip(keys, names)}
+                for m in active:
+                    if kind == "id" or (m.needs_jigsaw and index == 0):
+                        m.fit_update(taps, kind)
+        if passes > 1:
+            for m in active:
+                if m.fit_passes > 1:
+                    m.fit_pass_end(index)
     if ood is not None and any(m.tunes_on_ood for m in fitting):
         for batch in track(ood.batches(pre, batch_size), -(-len(ood) // batch_size),
                            "OOD validation", progress):

@@ -256,6 +256,11 @@ def inspect(
                f"mean {meta['preprocessing']['mean']} std {meta['preprocessing']['std']} "
                f"size {meta['preprocessing']['size']} {meta['preprocessing']['color']}")
     typer.echo("outputs: " + ", ".join(f"{o['name']}{o['shape']}" for o in info["outputs"]))
+    for name, d in meta["methods"].items():
+        if "perturbation_bytes" in d:
+            typer.echo(f"{name}: W~ adds {d['perturbation_bytes'] / 1e6:.1f} MB "
+                       f"({d['perturbation_shape'][0]} x {d['perturbation_shape'][1]} {d['storage']}"
+                       "; shared by weiper methods with the same seed)")
     cal = meta.get("calibration")
     typer.echo(f"calibration: {cal['count']} images (hash {cal['hash']}), tpr {meta['tpr']}"
                if cal else "calibration: none (run edgeood calibrate)")

@@ -8,7 +8,7 @@ import onnx
 
 from edgeood.metadata import read_metadata
 
-HEAD_SCOPES = ("score_", "pvalue_", "decision", "tap")
+HEAD_SCOPES = ("score_", "pvalue_", "decision", "tap", "weiper/")
 
 
 def _shape(vi) -> list:
@@ -18,7 +18,10 @@ def _shape(vi) -> list:
 def describe(path) -> dict:
     path = Path(path)
     meta = read_metadata(path)
-    info = {"path": str(path), "file_bytes": path.stat().st_size, "metadata": meta}
+    data = Path(str(path) + ".data")
+    info = {"path": str(path), "file_bytes": path.stat().st_size + (data.stat().st_size
+                                                                     if data.is_file() else 0),
+            "metadata": meta}
     if path.suffix.lower() != ".onnx":
         return info
     model = onnx.load(str(path), load_external_data=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,35 +34,51 @@ def embed(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
     model.metadata_props.add(key=KEY, value=json.dumps(meta, sort_keys=False))
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Write to a temporary file in the target folder; the caller renames it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
-def save_detector(model: onnx.ModelProto, meta: dict[str, Any], path: str | Path) -> Path:
-    """Save the detector and its sidecar; neither appears unless both were written."""
+def save_detector(model: onnx.ModelProto, meta: dict[str, Any], path: str | Path,
+                  max_bytes: int | None = None) -> Path:
+    """Save the detector and its sidecar; neither appears unless both were written. Models
+    over ONNX's 2 GB protobuf limit keep their weights in '<file>.data' (external data)."""
     path = Path(path)
     if not path.parent.exists():
         raise EdgeoodError(f"output folder {path.parent} does not exist; create it or pass --out")
     embed(model, meta)
-    if model.ByteSize() > MAX_PROTO_BYTES:
-        raise EdgeoodError("the detector exceeds ONNX's 2 GB protobuf limit; external-data "
-                           "saving is not implemented yet: use fewer or smaller methods")
-    tmp_model = _atomic_write(path, lambda t: onnx.save_model(model, t))
+    limit = MAX_PROTO_BYTES if max_bytes is None else max_bytes
+    external = too_big(model, limit)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tmp_side = _atomic_write(path, lambda t: Path(t).write_text(dumps(meta)))
-    except BaseException:
-        os.unlink(tmp_model)
-        raise
-    os.replace(tmp_model, path)
-    os.replace(tmp_side, sidecar_path(path))
+        data_name = path.name + ".data"
+        if external:
+            onnx.save_model(model, str(staging / path.name), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        else:
+            onnx.save_model(model, str(staging / path.name))
+        (staging / (path.name + ".json")).write_text(dumps(meta))
+        if external:
+            os.replace(staging / data_name, path.parent / data_name)
+        elif (path.parent / data_name).exists():
+            os.unlink(path.parent / data_name)  # a stale weights file from an earlier save
+        os.replace(staging / path.name, path)
+        os.replace(staging / (path.name + ".json"), sidecar_path(path))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def too_big(model: onnx.ModelProto, limit: int) -> bool:
+    try:
+        return model.ByteSize() > limit
+    except (ValueError, OverflowError):  # protobuf refuses to size messages over 2 GB
+        return True
+
+
+def session_source(model: onnx.ModelProto, workdir: str, max_bytes: int | None = None):
+    """What ONNX Runtime can load: serialized bytes, or (over 2 GB) a file with external data."""
+    limit = MAX_PROTO_BYTES if max_bytes is None else max_bytes
+    if not too_big(model, limit):
+        return model.SerializeToString()
+    path = Path(workdir) / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
     return path
 
 

@@ -49,7 +49,7 @@ def build_scores(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
             if key not in available:
                 available[key] = resolve(graph, key)
         with scope(graph, m.name):
-            score = m.build(graph, available)
+            score = m.build(graph, available)  # may add tensors to `available` (kept as taps)
         if f"score_{m.name}" in graph.tensors():
             raise EdgeoodError(f"the model already has a tensor named score_{m.name}; rename it")
         outputs.append(_set_output(score, f"score_{m.name}", [n]))

@@ -36,6 +36,7 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     needs_fit: ClassVar[bool] = False
     needs_jigsaw: ClassVar[bool] = False
+    fit_passes: ClassVar[int] = 1  # how many times fit_update sees the ID set
     tunes_on_ood: bool = False  # set by the API when OOD validation images are given
 
     def __init__(self, **params: Any):
@@ -73,6 +74,9 @@ class Method:
 
     def fit_update(self, taps: dict[str, np.ndarray], source: str) -> None:
         """One batch of tap values; source is "id" or "jigsaw" (the jigsaw of the same images)."""
+
+    def fit_pass_end(self, index: int) -> None:
+        """Called after pass `index` over the ID set when fit_passes > 1 (e.g. min/max first)."""
 
     def fit_end(self) -> None:
         """Finish the statistics after the last batch."""
