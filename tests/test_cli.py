@@ -88,7 +88,7 @@ def test_demo(tmp_path):
     result = json.loads(proc.stdout)
     digits = result["digits"]
     rows = {(r["method"], r["ood"]): r for r in digits["results"]}
-    assert len(rows) == 16
+    assert len(rows) == 20
     assert all(r["auroc"] > 0.7 for r in rows.values())
     assert (tmp_path / "digits.detector.onnx").is_file()
     lite = result["efficientnet_lite0"]

@@ -20,7 +20,7 @@ from edgeood.evaluate import evaluate
 from edgeood.metadata import dumps
 
 DIGITS_METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm", "adascale_a",
-                  "adascale_l"]
+                  "adascale_l", "weiper_msp", "weiper_kld"]
 # AdaSCALE's p_max chosen against jigsaw pseudo-OOD (its defaults invert on this small CNN)
 DIGITS_PARAMS = {"adascale_a": {"tune": True}, "adascale_l": {"tune": True}}
 LITE0_METHODS = ["energy", "msp", "maxlogit", "featurenorm"]
