@@ -121,3 +121,15 @@ def test_check_and_tune(digits_model, digits_files, tmp_path):
     err = cli("export", digits_model, "--data", digits_files / "val.npz", "--recipe", "digits_cnn",
               "--methods", "energy", "--tune", "--out", tmp_path / "x.onnx", check=False)
     assert err.returncode == 2 and "--tune tunes AdaSCALE" in err.stderr
+
+
+def test_inspect_reports_weiper_bytes(digits_model, digits_files, tmp_path):
+    det = tmp_path / "wp.onnx"
+    cli("export", digits_model, "--data", digits_files / "val.npz", "--recipe", "digits_cnn",
+        "--methods", "weiper_msp,weiper_kld", "--param", "weiper_kld.storage=float16",
+        "--param", "weiper_msp.storage=float16", "--out", det, "--quiet")
+    text = cli("inspect", det).stdout
+    assert "W~ adds 0.2 MB (600 x 128 float16" in text
+    info = json.loads(cli("inspect", det, "--json").stdout)
+    assert info["metadata"]["methods"]["weiper_kld"]["perturbation_bytes"] == 600 * 128 * 2
+    assert info["head_constant_bytes"] >= 600 * 128 * 2
