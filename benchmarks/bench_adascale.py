@@ -7,7 +7,6 @@ in one run.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -17,14 +16,10 @@ import onnx
 import torch
 
 import edgeood
-from edgeood.graph.head import find_head
-from edgeood.graph.model import prepare, to_model
-from edgeood.graph.taps import tapped
 from edgeood.profile import round_robin
-from edgeood.runtime.ort_backend import OrtBackend
+from common import THREADS, lite0_graph, parser, session, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
-NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
 def torch_adascale(net, x, ref, variant, p_min=60.0, p_max=90.0, o=0.05, eps=0.5, lam=10.0):
@@ -58,25 +53,17 @@ def torch_adascale(net, x, ref, variant, p_min=60.0, p_max=90.0, o=0.05, eps=0.5
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--per-round", type=int, default=5)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--out", default="benchmarks/results/adascale_lite0.json")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    src = lite0.model_path()
-    graph = prepare(onnx.load(str(src)))
-    head = find_head(graph)
-    variants = {"classifier": OrtBackend(to_model(tapped(graph, [head.logits])).SerializeToString(),
-                                         threads=1, config=NO_SPIN).run}
+    args = parser("benchmarks/results/adascale_lite0.json", 8, 5).parse_args()
+    torch.set_num_threads(THREADS)
+    src, graph, head = lite0_graph()
+    variants = {"classifier": tapped_session(graph, [head.logits]).run}
     net = lite0.module()
-    result = {"model": "efficientnet_lite0", "threads": 1, "batches": {}}
+    result = {"model": "efficientnet_lite0", "threads": THREADS, "batches": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("adascale_a", "adascale_l"):
             res = edgeood.export(src, data=lite0.photos(100, seed=0), methods=[name],
                                  recipe=lite0.RECIPE, out=Path(tmp) / f"{name}.onnx", batch=16)
-            variants[f"folded:{name}"] = OrtBackend(res.path, threads=1, config=NO_SPIN).run
+            variants[f"folded:{name}"] = session(res.path).run
             m = onnx.load(str(res.path))
             ref = next(onnx.numpy_helper.to_array(i) for i in m.graph.initializer
                        if i.name == f"{name}/q_reference").ravel()

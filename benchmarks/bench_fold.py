@@ -9,54 +9,35 @@ torch export (it still computes its padding amounts at run time).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 import edgeood
-from edgeood.graph.head import find_head
-from edgeood.graph.model import prepare, to_model
-from edgeood.graph.taps import tapped
 from edgeood.methods import ModelInfo, from_metadata
 from edgeood.profile import round_robin
-from edgeood.runtime.ort_backend import OrtBackend as _Ort
-
-# Many sessions timed round-robin: idle thread pools must not spin and steal the CPU.
-NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
-
-
-def OrtBackend(model):
-    # one intra-op thread: on a shared 2-core machine, thread-pool wake-ups dominate the noise
-    return _Ort(model, threads=THREADS, config=NO_SPIN)
-
-
-THREADS = 1
+from common import THREADS, lite0_graph, parser, session, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm"]
 
 
 def build_variants(tmp: Path, batch_sizes):
-    src = lite0.model_path()
+    src, graph, head = lite0_graph()
     calib = lite0.photos(100, seed=0)
-    graph = prepare(onnx.load(str(src)))
-    head = find_head(graph)
     # baseline: the same constant-folded graph every variant starts from, logits only
-    variants = {"classifier": {"run": OrtBackend(to_model(tapped(graph, [head.logits]))
-                                                 .SerializeToString()).run},
-                "classifier_as_exported": {"run": OrtBackend(src).run}}
+    variants = {"classifier": {"run": tapped_session(graph, [head.logits]).run},
+                "classifier_as_exported": {"run": session(src).run}}
     for m in METHODS:
         res = edgeood.export(src, data=calib, methods=[m], recipe=lite0.RECIPE,
                              out=tmp / f"{m}.onnx", batch=16)
-        variants[f"folded:{m}"] = {"run": OrtBackend(res.path).run}
+        variants[f"folded:{m}"] = {"run": session(res.path).run}
         method = from_metadata(m, res.metadata["methods"][m], ModelInfo(head))
         keys = ["logits"] + [k for k in method.taps() if k != "logits"]
         names = [{"logits": head.logits, "z": head.z}.get(k, k) for k in keys]
-        host = OrtBackend(to_model(tapped(graph, names)).SerializeToString())
+        host = tapped_session(graph, names)
 
         def run_host(x, host=host, names=names, keys=keys, method=method):
             out = host.run(x, names)
@@ -79,12 +60,7 @@ def ratio(lat, a, b):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--per-round", type=int, default=10)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--out", default="benchmarks/results/fold_lite0.json")
-    args = ap.parse_args()
+    args = parser("benchmarks/results/fold_lite0.json", 10, 10).parse_args()
     result = {"model": "efficientnet_lite0", "runtime": "onnxruntime CPU",
               "intra_op_threads": THREADS, "batches": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,6 @@ the perturbation adds.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -17,15 +16,11 @@ import numpy as np
 import onnx
 
 import edgeood
-from edgeood.graph.head import find_head
-from edgeood.graph.model import prepare, to_model
-from edgeood.graph.taps import tapped
 from edgeood.methods.weiper import EPS_L, EPS_Z, smooth
 from edgeood.profile import round_robin
-from edgeood.runtime.ort_backend import OrtBackend
+from common import THREADS, lite0_graph, parser, session, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
-NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
 def host_kld(z, logits, p32, edges_z, edges_l, p_z, p_l, prm):
@@ -49,20 +44,12 @@ def host_kld(z, logits, p32, edges_z, edges_l, p_z, p_l, prm):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--per-round", type=int, default=5)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--out", default="benchmarks/results/weiper_lite0.json")
-    args = ap.parse_args()
-    src = lite0.model_path()
-    graph = prepare(onnx.load(str(src)))
-    head = find_head(graph)
-    ort1 = lambda m: OrtBackend(m, threads=1, config=NO_SPIN).run  # noqa: E731
-    variants = {"classifier": ort1(to_model(tapped(graph, [head.logits])).SerializeToString())}
-    taps = ort1(to_model(tapped(graph, [head.logits, head.z])).SerializeToString())
+    args = parser("benchmarks/results/weiper_lite0.json", 5, 5).parse_args()
+    src, graph, head = lite0_graph()
+    variants = {"classifier": tapped_session(graph, [head.logits]).run}
+    taps = tapped_session(graph, [head.logits, head.z]).run
     calib = lite0.photos(100, seed=0)
-    result = {"model": "efficientnet_lite0", "threads": 1, "batches": {}, "bytes": {}}
+    result = {"model": "efficientnet_lite0", "threads": THREADS, "batches": {}, "bytes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for storage in ("float32", "float16"):
             res = edgeood.export(src, data=calib, methods=["weiper_msp", "weiper_kld"],
@@ -74,7 +61,7 @@ def main():
                 one = edgeood.export(src, data=calib, methods=[m], recipe=lite0.RECIPE,
                                      out=Path(tmp) / f"{m}_{storage}.onnx", batch=8,
                                      params={m: {"storage": storage}})
-                variants[f"folded:{m}:{storage}"] = ort1(one.path)
+                variants[f"folded:{m}:{storage}"] = session(one.path).run
             if storage == "float32":
                 model = onnx.load(str(res.path))
                 init = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import edgeood
-from edgeood.graph.model import prepare, to_model
+from edgeood.graph.model import to_model
 from edgeood.methods import ModelInfo, create
 from edgeood.methods.adascale import least_mask, least_mask_reference
 from edgeood.runtime.ort_backend import OrtBackend
@@ -45,8 +45,6 @@ def test_digits_adascale_matches_torch_reference(name, digits_data, tmp_path):
                          out=tmp_path / "a.onnx")
     m = create(name, {k: v for k, v in res.metadata["methods"][name].items()
                       if k in create(name).defaults})
-    g = prepare(onnx.load(str(res.path)))
-    head = edgeood.graph.head.find_head(g) if False else None  # noqa: F841
     from edgeood.graph.head import ClassifierHead
     w = net.fc.weight.detach().numpy()
     b = net.fc.bias.detach().numpy()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -148,15 +147,13 @@ def test_maxpool_ties_go_to_the_first_max():
     x[0, 0, 0, 0] = x[0, 0, 0, 1] = 2.0   # a tie in window (0, 0)
     m = make_model((1, 1, 4, 4), [N("MaxPool", ["x"], ["h"], kernel_shape=[2, 2], strides=[2, 2])],
                    {}, classes=1, dtype=np.float32)
-    graph = prepare(m)
-    g = graph.outputs[0]
     grad, _ = graph_gradient(m, x)
     xt = torch.from_numpy(x).requires_grad_()
     wfc = numpy_helper.to_array([i for i in m.graph.initializer if i.name == "Wfc"][0])
     y = torch.nn.functional.max_pool2d(xt, 2).flatten(1) @ torch.from_numpy(wfc).T
     y[0, 0].backward()
     np.testing.assert_allclose(grad, xt.grad.numpy(), atol=1e-6)
-    assert grad[0, 0, 0, 1] == 0 and g is not None
+    assert grad[0, 0, 0, 1] == 0 and grad[0, 0, 0, 0] != 0
 
 
 @pytest.mark.parametrize("attrs", [

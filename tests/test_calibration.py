@@ -69,7 +69,6 @@ def test_featurenorm_normratios_reported_and_argmax_selected(digits_detector, li
 def test_normratio_against_independent_jigsaw(digits_model, digits_data):
     """Recompute NormRatio for every candidate with torch-free NumPy: taps from a keep-taps
     export with the block forced, jigsaw written out here with the same seeded permutations."""
-    from edgeood.data import Preprocess
     from edgeood.zoo import digits
     import tempfile, pathlib
     from edgeood.runtime.ort_backend import OrtBackend

@@ -202,7 +202,6 @@ def _pad(b, node, g):
     if node.attrs.get("mode", "constant") != "constant":
         raise EdgeoodError(f"Pad node '{node.name}' uses mode {node.attrs['mode']}; only constant "
                            "padding has a gradient rule")
-    x = node.inputs[0]
     pads = _const_ints(node.inputs[1], node, "pads") if len(node.inputs) > 1 else node.attrs["pads"]
     rank = len(pads) // 2
     axes = _const_ints(node.inputs[3], node, "axes") if len(node.inputs) > 3 else list(range(rank))

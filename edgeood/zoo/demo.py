@@ -9,7 +9,6 @@ Writes the detectors, the data as .npz (for trying the CLI on them) and demo_res
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

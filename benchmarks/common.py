@@ -1,0 +1,43 @@
+"""What the benchmarks share: single-threaded ONNX Runtime sessions that do not spin (many
+sessions are timed round-robin; idle thread pools must not steal the CPU), the EfficientNet-Lite0
+baseline classifier, and the command-line options."""
+from __future__ import annotations
+
+import argparse
+
+import onnx
+
+from edgeood.graph.head import find_head
+from edgeood.graph.model import prepare, to_model
+from edgeood.graph.taps import tapped
+from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.zoo import efficientnet_lite0 as lite0
+
+THREADS = 1
+NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
+def session(model) -> OrtBackend:
+    """One intra-op thread: on a shared 2-core machine thread-pool wake-ups dominate the noise."""
+    return OrtBackend(model, threads=THREADS, config=NO_SPIN)
+
+
+def lite0_graph():
+    """(source path, constant-folded graph, classifier head) of EfficientNet-Lite0."""
+    src = lite0.model_path()
+    graph = prepare(onnx.load(str(src)))
+    return src, graph, find_head(graph)
+
+
+def tapped_session(graph, names) -> OrtBackend:
+    """The graph with exactly these outputs (the baseline classifier: [head.logits])."""
+    return session(to_model(tapped(graph, names)).SerializeToString())
+
+
+def parser(out: str, rounds: int, per_round: int) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--per-round", type=int, default=per_round)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--out", default=out)
+    return ap
