@@ -100,6 +100,8 @@ def _method_rows(meta: dict) -> list[list]:
         elif "tuning" in d:
             t = d["tuning"]
             extra = f"p_max {t['p_max']:g} ({t['against']} AUROC {t['auroc']:.3f})"
+        elif "perturbation_bytes" in d:
+            extra = f"W~ adds {d['perturbation_bytes'] / 1e6:.1f} MB ({d['storage']}, preset {d['preset']})"
         elif "q_reference_size" in d:
             extra = f"ECDF of {d['q_reference_size']} Q' values"
         elif "k" in d:
