@@ -21,6 +21,7 @@ from edgeood.graph.ops import scope
 from edgeood.metadata import session_source
 from edgeood.methods.base import Method
 from edgeood.progress import track, warn
+from edgeood.runtime.batches import run_over
 from edgeood.runtime.ort_backend import OrtBackend
 
 MIN_IMAGES = 20
@@ -68,7 +69,11 @@ def fit_methods(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
 
 
 def _fit_loop(backend, keys, names, fitting, source, pre, batch_size, seed, progress, ood):
-    """The passes over the data (a function of its own so the session outlives no temp file)."""
+    """The passes over the data (run while the session's temporary files exist)."""
+    def taps_of(x):
+        out = backend.run(x, names)
+        return {k: out[n] for k, n in zip(keys, names)}
+
     rng = np.random.default_rng(seed)
     want_jigsaw = any(m.needs_jigsaw for m in fitting)
     passes = max(m.fit_passes for m in fitting)
@@ -82,20 +87,16 @@ def _fit_loop(backend, keys, names, fitting, source, pre, batch_size, seed, prog
             if jig:
                 runs.append(("jigsaw", jigsaw(batch.x, rng, pre.zero_pixel())))
             for kind, x in runs:
-                out = backend.run(x, names)
-                taps = {k: out[n] for k, n in zip(keys, names)}
+                taps = taps_of(x)
                 for m in active:
-                    if kind == "id" or (m.needs_jigsaw and index == 0):
+                    if kind == "id" or m.needs_jigsaw:
                         m.fit_update(taps, kind)
-        if passes > 1:
-            for m in active:
-                if m.fit_passes > 1:
-                    m.fit_pass_end(index)
+        for m in active:
+            m.fit_pass_end(index)
     if ood is not None and any(m.tunes_on_ood for m in fitting):
         for batch in track(ood.batches(pre, batch_size), -(-len(ood) // batch_size),
                            "OOD validation", progress):
-            out = backend.run(batch.x, names)
-            taps = {k: out[n] for k, n in zip(keys, names)}
+            taps = taps_of(batch.x)
             for m in fitting:
                 if m.tunes_on_ood:
                     m.fit_update(taps, "ood")
@@ -115,14 +116,9 @@ def score_source(backend: OrtBackend, methods: list[str], source: ImageSource, p
                  batch_size: int, progress: bool = False) -> ScoredSet:
     """Scores of every method (from the folded graph) over a source."""
     names = ["logits"] + [f"score_{m}" for m in methods]
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     h = hashlib.sha256()
-    for batch in track(source.batches(pre, batch_size), -(-len(source) // batch_size),
-                       "scoring", progress):
-        h.update(batch.x.tobytes())
-        for n, v in backend.run(batch.x, names).items():
-            parts[n].append(v)
-    cat = {n: np.concatenate(v) for n, v in parts.items()}
+    cat = run_over(backend, source, pre, batch_size, names, "scoring", progress,
+                   on_batch=lambda x: h.update(x.tobytes()))
     return ScoredSet({m: cat[f"score_{m}"] for m in methods}, cat["logits"], len(source),
                      h.hexdigest()[:16])
 

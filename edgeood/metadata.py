@@ -48,8 +48,7 @@ def save_detector(model: onnx.ModelProto, meta: dict[str, Any], path: str | Path
     try:
         data_name = path.name + ".data"
         if external:
-            onnx.save_model(model, str(staging / path.name), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            save_external(model, staging / path.name)
         else:
             onnx.save_model(model, str(staging / path.name))
         (staging / (path.name + ".json")).write_text(dumps(meta))
@@ -61,6 +60,13 @@ def save_detector(model: onnx.ModelProto, meta: dict[str, Any], path: str | Path
         os.replace(staging / (path.name + ".json"), sidecar_path(path))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def save_external(model: onnx.ModelProto, path: Path) -> Path:
+    """Save with every tensor over 1 kB in one '<name>.data' file beside the model."""
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
     return path
 
 
@@ -76,10 +82,7 @@ def session_source(model: onnx.ModelProto, workdir: str, max_bytes: int | None =
     limit = MAX_PROTO_BYTES if max_bytes is None else max_bytes
     if not too_big(model, limit):
         return model.SerializeToString()
-    path = Path(workdir) / "model.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
-    return path
+    return save_external(model, Path(workdir) / "model.onnx")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

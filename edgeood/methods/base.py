@@ -76,7 +76,7 @@ class Method:
         """One batch of tap values; source is "id" or "jigsaw" (the jigsaw of the same images)."""
 
     def fit_pass_end(self, index: int) -> None:
-        """Called after pass `index` over the ID set when fit_passes > 1 (e.g. min/max first)."""
+        """Called after each of the method's passes over the ID set (e.g. min/max first)."""
 
     def fit_end(self) -> None:
         """Finish the statistics after the last batch."""

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgeood.data import ImageSource, Preprocess, open_source
-from edgeood.progress import track
+from edgeood.runtime.batches import run_over
 
 
 @dataclass
@@ -76,12 +76,8 @@ class Detector:
     def run_source(self, source: ImageSource, batch_size: int = 32,
                    progress: bool = False) -> Detection:
         names = self.backend.output_names
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        for batch in track(source.batches(self.preprocess, batch_size),
-                           -(-len(source) // batch_size), "running", progress):
-            for n, v in self.backend.run(batch.x).items():
-                parts[n].append(v)
-        out = {n: np.concatenate(v) for n, v in parts.items()}
+        out = run_over(self.backend, source, self.preprocess, batch_size, names, "running",
+                       progress)
         return Detection(
             logits=out["logits"],
             scores={n[6:]: out[n] for n in names if n.startswith("score_")},

@@ -9,15 +9,13 @@ seeded on the CPU in seconds and exported to ONNX.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeood.data import Preprocess
-from edgeood.zoo import cache_dir
+from edgeood.zoo import cache_dir, save_cached
 
 ID_CLASSES = 6
 PREPROCESS = Preprocess(size=(8, 8), channels=1, mean=(0.3,), std=(0.4,), resize=False)
@@ -152,11 +150,6 @@ def model_path(seed: int = 0, data: DigitsData | None = None) -> Path:
     if path.is_file():
         return path
     from edgeood.graph.from_torch import export_module
-    import onnx
     model = train_cnn(data or load_data(seed), seed)
     proto, _ = export_module(model, (1, 8, 8))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    onnx.save_model(proto, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_cached(proto, path)

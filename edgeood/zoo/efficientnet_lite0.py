@@ -5,14 +5,12 @@ calibration-size runs."""
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgeood.errors import EdgeoodError
-from edgeood.zoo import cache_dir
+from edgeood.zoo import cache_dir, save_cached
 
 RECIPE = "efficientnet_lite0"
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right",
@@ -44,14 +42,9 @@ def model_path() -> Path:
     path = cache_dir() / f"efficientnet_lite0_{key}.onnx"
     if path.is_file():
         return path
-    import onnx
     from edgeood.graph.from_torch import export_module
     proto, _ = export_module(module(), (3, 224, 224))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    onnx.save_model(proto, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_cached(proto, path)
 
 
 def photos(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
