@@ -1,6 +1,6 @@
 """edgeood: fold out-of-distribution scoring into a classifier's ONNX graph, calibrate it on
 in-distribution images, and run it on ONNX Runtime or TensorRT."""
-__version__ = "0.1.0"
+from edgeood.version import __version__  # noqa: F401
 
 # The submodule edgeood.calibrate (design layout) would replace the API function of the same
 # name on first import; importing it here first keeps `edgeood.calibrate(...)` the function.

@@ -1,31 +1,37 @@
-"""The Python API the CLI calls: export(), calibrate(), load()."""
+"""The Python API the CLI calls: export(), calibrate(), load().
+
+export is a pipeline of named stages, each taking and returning one ExportState, so the data
+flows one way: validate -> load -> prepare -> bind -> fit -> fold -> calibrate -> save.
+calibrate() reuses the last three stages on a saved detector.
+"""
 from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import onnx
 import onnx_graphsurgeon as gs
 
-from edgeood import __version__
 from edgeood.calibrate import (check_count, fit_methods, reference_scores, score_source,
                                threshold_at)
+from edgeood.conventions import DEFAULT_OPSET
 from edgeood.data import ImageSource, Preprocess, open_source
 from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.graph.fold import build_decision, build_scores
-from edgeood.graph.head import find_head
+from edgeood.graph.head import ClassifierHead, find_head
 from edgeood.graph.model import (batch_dim, file_sha256, input_chw, load_model, model_opset,
                                  prepare, to_model)
 from edgeood.graph.taps import find_block_candidates, resolve
 from edgeood.metadata import SCHEMA_VERSION, read_metadata, save_detector, session_source
-from edgeood.methods.base import Method, ModelInfo, create, parse_params
+from edgeood.methods.base import Method, ModelInfo, create, method_class, parse_params
+from edgeood.progress import warn
 from edgeood.recipes import Recipe, load_recipe
 from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.version import __version__
 
-DEFAULT_METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm"]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -33,6 +39,47 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class ExportResult:
     path: Path
     metadata: dict[str, Any]
+
+
+@dataclass
+class ExportRequest:
+    """The export arguments, validated before any work is done."""
+
+    model: Any
+    recipe: Recipe | None
+    methods: list[Method]
+    primary: str
+    tpr: float
+    imgsz: tuple[int, int] | None
+    batch: int
+    out: Path | None
+    keep_taps: bool
+    opset: int
+    seed: int
+    mean: Any
+    std: Any
+    logits: str | None
+    penultimate: str | None
+    data: ImageSource | None
+    ood_val: ImageSource | None
+    progress: bool
+
+
+@dataclass
+class ExportState:
+    """What the stages hand on: the request, then the model, graph, head and metadata."""
+
+    request: ExportRequest
+    proto: onnx.ModelProto | None = None
+    sha256: str = ""
+    label: str = "model"
+    graph: gs.Graph | None = None
+    head: ClassifierHead | None = None
+    pre: Preprocess | None = None
+    folded: gs.Graph | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    fit_notes: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
 
 
 def _split(items: str | Iterable[str] | None) -> list[str]:
@@ -43,31 +90,283 @@ def _split(items: str | Iterable[str] | None) -> list[str]:
     return [s.strip() for s in items if s and s.strip()]
 
 
-def _source_model(model, recipe: Recipe | None, imgsz, opset: int):
-    """(ModelProto, sha256, display name) from a path, a ModelProto or an nn.Module."""
+def parse_imgsz(imgsz) -> tuple[int, int] | None:
+    """--imgsz as (H, W) from S, 'H,W', an int or a pair; one line on anything else."""
+    if imgsz is None:
+        return None
+    try:
+        vals = [int(imgsz)] if isinstance(imgsz, int) else \
+            [int(v) for v in (imgsz.split(",") if isinstance(imgsz, str) else imgsz)]
+    except (TypeError, ValueError):
+        vals = []
+    if len(vals) not in (1, 2) or min(vals) < 1:
+        raise EdgeoodError(f"--imgsz {imgsz!r} must be one or two positive integers: S or H,W "
+                           "(e.g. --imgsz 224 or --imgsz 240,320)")
+    return (vals[0], vals[-1])
+
+
+def _method_list(names: list[str], recipe: Recipe | None, params) -> list[Method]:
+    given = parse_params(params) if isinstance(params, list) else dict(params or {})
+    for key in given:
+        if key not in names:
+            raise EdgeoodError(f"--param for '{key}', which is not among the methods "
+                               f"{','.join(names)}{did_you_mean(key, names)}")
+    if len(set(names)) != len(names):
+        raise EdgeoodError(f"--methods lists a method twice: {','.join(names)}")
+    merged = {n: {**(recipe.params.get(n, {}) if recipe else {}), **given.get(n, {})} for n in names}
+    return [create(n, merged[n]) for n in names]
+
+
+def validate_export(model, data=None, methods=None, primary: str | None = None,
+                    tpr: float = 0.95, recipe=None, imgsz=None, batch: int = 32, out=None,
+                    keep_taps: bool = False, params=None, opset: int = DEFAULT_OPSET,
+                    seed: int = 0, mean=None, std=None, logits: str | None = None,
+                    penultimate: str | None = None, tune: bool = False, ood_val=None,
+                    progress: bool = False) -> ExportRequest:
+    """Every export argument checked up front (Ultralytics style): one line per problem."""
+    if isinstance(model, (str, Path)) and not Path(model).is_file():
+        raise EdgeoodError(f"{model}: no such file; pass the path of an .onnx model")
+    if not isinstance(tpr, (int, float)) or not 0 < tpr < 1:
+        raise EdgeoodError(f"--tpr {tpr} must be in (0, 1); e.g. 0.95")
+    if batch < 1:
+        raise EdgeoodError(f"--batch {batch} must be >= 1")
+    size = parse_imgsz(imgsz)
+    rec = load_recipe(recipe)
+    from edgeood.methods import DEFAULT_METHODS
+    names = _split(methods) or (rec.methods if rec and rec.methods else list(DEFAULT_METHODS))
+    if data is None and not _split(methods):  # nothing to fit on: the defaults that need no data
+        names = [n for n in names if not method_class(n).needs_fit]
+    for n in names:
+        method_class(n)  # unknown names: did-you-mean
+    primary = primary or names[0]
+    if primary not in names:
+        raise EdgeoodError(f"--primary {primary} is not among --methods {','.join(names)}"
+                           f"{did_you_mean(primary, names)}")
+    if tune:
+        tunable = [n for n in names if method_class(n).tune_space]
+        if not tunable:
+            with_space = [n for n in _registered() if method_class(n).tune_space]
+            raise EdgeoodError(f"--tune searches a method's tune space; none of {','.join(names)} "
+                               f"has one (methods that do: {', '.join(with_space)})")
+        params = _with_tune(params, tunable)
+    chosen = _method_list(names, rec, params)
+    source = open_source(data) if data is not None else None
+    if source is None and any(m.needs_fit for m in chosen):
+        need = ", ".join(m.name for m in chosen if m.needs_fit)
+        raise EdgeoodError(f"{need} fit statistics on ID images: pass --data ID_DIR")
+    if source is not None:
+        check_count(source)
+    ood = open_source(ood_val, "ood-val") if ood_val is not None else None
+    if out is not None and not Path(out).parent.exists():
+        raise EdgeoodError(f"output folder {Path(out).parent} does not exist; create it first")
+    return ExportRequest(model, rec, chosen, primary, float(tpr), size, batch,
+                         Path(out) if out is not None else None, keep_taps, opset, seed, mean,
+                         std, logits, penultimate, source, ood, progress)
+
+
+def _registered() -> list[str]:
+    from edgeood.methods.base import REGISTRY
+    return list(REGISTRY)
+
+
+def _with_tune(params, names: list[str]):
+    if isinstance(params, list) or params is None:
+        return list(params or []) + [f"{n}.tune=true" for n in names]
+    return {**params, **{n: {**params.get(n, {}), "tune": True} for n in names}}
+
+
+# --- the stages -------------------------------------------------------------------------------
+def load_stage(state: ExportState) -> ExportState:
+    """The source model as a ModelProto (an nn.Module is exported to ONNX first)."""
+    req = state.request
+    model = req.model
     if isinstance(model, onnx.ModelProto):
-        return model, "", "model"
-    if isinstance(model, (str, Path)):
-        return load_model(model), file_sha256(model), Path(model).name
-    if hasattr(model, "forward") and hasattr(model, "eval"):
+        state.proto = model
+    elif isinstance(model, (str, Path)):
+        state.proto, state.sha256, state.label = load_model(model), file_sha256(model), \
+            Path(model).name
+    elif hasattr(model, "forward") and hasattr(model, "eval"):
         from edgeood.graph.from_torch import export_module
-        shape = _shape_from(recipe, imgsz, None)
+        shape = _shape_from(req.recipe, req.imgsz, None)
         if None in shape:
             raise EdgeoodError("exporting an nn.Module needs the input size: pass imgsz "
                                "(and channels via a recipe, default 3)")
-        proto, sha = export_module(model, shape, opset)
-        return proto, sha, type(model).__name__
-    raise EdgeoodError(f"cannot export a {type(model).__name__}; pass an .onnx path, an "
-                       "onnx.ModelProto or a torch.nn.Module")
+        state.proto, state.sha256 = export_module(model, shape, req.opset)
+        state.label = type(model).__name__
+    else:
+        raise EdgeoodError(f"cannot export a {type(model).__name__}; pass an .onnx path, an "
+                           "onnx.ModelProto or a torch.nn.Module")
+    return state
 
 
-def _imgsz(imgsz) -> tuple[int, int] | None:
-    if imgsz is None:
-        return None
-    if isinstance(imgsz, int):
-        return (imgsz, imgsz)
-    vals = [int(v) for v in (imgsz.split(",") if isinstance(imgsz, str) else imgsz)]
-    return (vals[0], vals[-1])
+def prepare_stage(state: ExportState) -> ExportState:
+    """Fold constants, find the head and the preprocessing."""
+    req = state.request
+    state.graph = prepare(state.proto)
+    taps_cfg = req.recipe.taps if req.recipe else {}
+    state.head = find_head(state.graph, req.logits or taps_cfg.get("logits"))
+    if req.penultimate or taps_cfg.get("penultimate"):
+        state.head.z = resolve(state.graph, req.penultimate or taps_cfg["penultimate"],
+                               "penultimate").name
+    state.pre = _preprocess(req.recipe, _shape_from(req.recipe, req.imgsz, input_chw(state.graph)),
+                            req.mean, req.std)
+    return state
+
+
+def bind_stage(state: ExportState) -> ExportState:
+    """Tell every method about the model (head, candidate blocks, tensor names)."""
+    req, graph = state.request, state.graph
+    taps_cfg = req.recipe.taps if req.recipe else {}
+    candidates = list(taps_cfg.get("blocks", [])) or find_block_candidates(graph, state.head)
+    for name in candidates:
+        resolve(graph, name, "block")
+    order = {t.name: i for i, node in enumerate(graph.nodes) for t in node.outputs}
+    info = ModelInfo(head=state.head, candidates=candidates, tensors=list(graph.tensors()),
+                     depth=order)
+    for m in req.methods:
+        m.bind(info)
+        for w in m.warnings:
+            warn(w)
+    return state
+
+
+def fit_stage(state: ExportState) -> ExportState:
+    """Fit every method's statistics on the ID images (and tune where asked)."""
+    req = state.request
+    if req.data is not None:
+        state.fit_notes = fit_methods(state.graph, state.head, req.methods, req.data, state.pre,
+                                      req.batch, req.seed, req.progress, req.ood_val)
+    return state
+
+
+def fold_stage(state: ExportState) -> ExportState:
+    """Append the scoring heads to a copy of the graph and write the metadata."""
+    req, head, pre = state.request, state.head, state.pre
+    state.folded = state.graph.copy()
+    kept = build_scores(state.folded, copy.copy(head), req.methods, req.keep_taps)
+    state.meta = {
+        "schema_version": SCHEMA_VERSION,
+        "edgeood_version": __version__,
+        "source": {"name": state.label, "sha256": state.sha256, "opset": model_opset(state.proto)},
+        "input": {"name": state.folded.inputs[0].name,
+                  "shape": [batch_dim(state.folded), pre.channels, *pre.size],
+                  "dtype": "float32", "layout": "NCHW"},
+        "preprocessing": pre.to_dict(),
+        "head": {"logits": head.logits, "penultimate": head.z, "num_classes": head.num_classes,
+                 "feature_dim": head.feature_dim,
+                 "pattern": getattr(head, "pattern", None)},
+        "recipe": req.recipe.name if req.recipe else None,
+        "methods": {m.name: m.describe() for m in req.methods},
+        "primary": req.primary,
+        "tpr": req.tpr,
+        "precision": "float32",
+        "calibration": None,
+        "seed": req.seed,
+        "taps": kept,
+        **({"fit": state.fit_notes} if state.fit_notes else {}),
+    }
+    return state
+
+
+def calibrate_stage(state: ExportState) -> ExportState:
+    """Score the ID set with the folded graph; thresholds, p-value references, is_ood."""
+    req = state.request
+    if req.data is None:
+        return state
+    meta, graph = state.meta, state.folded
+    methods = list(meta["methods"])
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = OrtBackend(session_source(to_model(graph.copy()), tmp))
+        scored = score_source(backend, methods, req.data, state.pre, req.batch, req.progress)
+    refs = {}
+    for m in methods:
+        s = scored.scores[m]
+        meta["methods"][m]["threshold"] = threshold_at(s, req.tpr)
+        refs[m] = reference_scores(s, req.seed)
+        meta["methods"][m]["reference_size"] = int(len(refs[m]))
+    build_decision(graph, refs, meta["methods"][meta["primary"]]["threshold"], meta["primary"])
+    meta["tpr"] = req.tpr
+    meta["calibration"] = {"count": scored.count, "hash": scored.data_hash, "seed": req.seed,
+                           "source": req.data.name}
+    return state
+
+
+def save_stage(state: ExportState) -> ExportState:
+    """Write the detector and its sidecar atomically."""
+    state.meta["outputs"] = [t.name for t in state.folded.outputs]
+    state.path = state.request.out or _default_out(state.request.model)
+    save_detector(to_model(state.folded), state.meta, state.path)
+    return state
+
+
+EXPORT_STAGES = (load_stage, prepare_stage, bind_stage, fit_stage, fold_stage, calibrate_stage,
+                 save_stage)
+CALIBRATE_STAGES = (calibrate_stage, save_stage)
+
+
+def run_stages(state: ExportState, stages) -> ExportState:
+    for stage in stages:
+        state = stage(state)
+    return state
+
+
+def export(model, data=None, methods=None, primary: str | None = None, tpr: float = 0.95,
+           recipe=None, imgsz=None, batch: int = 32, out=None, keep_taps: bool = False,
+           params=None, opset: int = DEFAULT_OPSET, seed: int = 0, mean=None, std=None,
+           logits: str | None = None, penultimate: str | None = None, tune: bool = False,
+           ood_val=None, tune_ood=None, progress: bool = False) -> ExportResult:
+    """Fold OOD scoring into a classifier and calibrate it on ID images.
+
+    model: an .onnx path, an onnx.ModelProto or a torch.nn.Module. data: a folder of ID images,
+    a .npy/.npz, or an array (None: scores only, no thresholds; run calibrate() later).
+    tune: search the tune space of the methods that declare one (against jigsaw images of
+    `data`, or against ood_val). ood_val: OOD validation images (for tuning and for methods
+    that fit on them); tune_ood is its old name.
+    """
+    req = validate_export(model, data, methods, primary, tpr, recipe, imgsz, batch, out,
+                          keep_taps, params, opset, seed, mean, std, logits, penultimate,
+                          tune, ood_val if ood_val is not None else tune_ood, progress)
+    state = run_stages(ExportState(req), EXPORT_STAGES)
+    return ExportResult(state.path, state.meta)
+
+
+def calibrate(detector, data, tpr: float | None = None, batch: int = 32, out=None,
+              seed: int | None = None, progress: bool = False) -> ExportResult:
+    """Re-fit the thresholds and p-value references of an existing detector on new ID images
+    (fitted statistics such as ReAct's clip value or the FeatureNorm block are kept)."""
+    path = Path(detector)
+    meta = read_metadata(path)
+    tpr = meta.get("tpr", 0.95) if tpr is None else tpr
+    if not 0 < tpr < 1:
+        raise EdgeoodError(f"--tpr {tpr} must be in (0, 1); e.g. 0.95")
+    if batch < 1:
+        raise EdgeoodError(f"--batch {batch} must be >= 1")
+    source = open_source(data)
+    check_count(source)
+    seed = meta.get("seed", 0) if seed is None else seed
+    req = ExportRequest(model=path, recipe=None, methods=[], primary=meta["primary"], tpr=tpr,
+                        imgsz=None, batch=batch, out=Path(out) if out else path,
+                        keep_taps=False, opset=DEFAULT_OPSET, seed=seed, mean=None, std=None,
+                        logits=None, penultimate=None, data=source, ood_val=None,
+                        progress=progress)
+    state = ExportState(req, folded=gs.import_onnx(load_model(path)), meta=meta,
+                        pre=Preprocess.from_dict(meta["preprocessing"]))
+    state = run_stages(state, CALIBRATE_STAGES)
+    return ExportResult(state.path, state.meta)
+
+
+def load(path, providers: list[str] | None = None):
+    """A Detector for an exported file (backend chosen from the file)."""
+    from edgeood.runtime import load as _load
+    return _load(path, providers)
+
+
+# --- helpers of the stages --------------------------------------------------------------------
+def _default_out(model) -> Path:
+    if isinstance(model, (str, Path)):
+        p = Path(model)
+        return p.with_name(p.stem + ".detector.onnx")
+    return Path("detector.onnx")
 
 
 def _shape_from(recipe: Recipe | None, imgsz, graph_chw):
@@ -75,7 +374,7 @@ def _shape_from(recipe: Recipe | None, imgsz, graph_chw):
     c, h, w = graph_chw or (None, None, None)
     rin = recipe.input if recipe else {}
     c = c or rin.get("channels") or 3
-    size = _imgsz(imgsz) or (tuple(rin["size"]) if "size" in rin else None)
+    size = parse_imgsz(imgsz) or (tuple(rin["size"]) if "size" in rin else None)
     if size:
         if (h and h != size[0]) or (w and w != size[1]):
             raise EdgeoodError(f"the model takes {w}x{h} images but --imgsz/recipe asks for "
@@ -93,151 +392,3 @@ def _preprocess(recipe: Recipe | None, chw, mean=None, std=None) -> Preprocess:
     return Preprocess(size=(h, w), channels=c, mean=tuple(mean or rin.get("mean", dm)),
                       std=tuple(std or rin.get("std", ds)), resize=bool(rin.get("resize", True)),
                       color=rin.get("color", "RGB" if c == 3 else "GRAY"))
-
-
-def _methods(names: list[str], recipe: Recipe | None, params) -> list[Method]:
-    given = parse_params(params) if isinstance(params, list) else dict(params or {})
-    for key in given:
-        if key not in names:
-            raise EdgeoodError(f"--param for '{key}', which is not among the methods "
-                               f"{','.join(names)}{did_you_mean(key, names)}")
-    if len(set(names)) != len(names):
-        raise EdgeoodError(f"--methods lists a method twice: {','.join(names)}")
-    merged = {n: {**(recipe.params.get(n, {}) if recipe else {}), **given.get(n, {})} for n in names}
-    return [create(n, merged[n]) for n in names]
-
-
-def export(model, data=None, methods=None, primary: str | None = None, tpr: float = 0.95,
-           recipe=None, imgsz=None, batch: int = 32, out=None, keep_taps: bool = False,
-           params=None, opset: int = 17, seed: int = 0, mean=None, std=None,
-           logits: str | None = None, penultimate: str | None = None,
-           tune_ood=None, progress: bool = False) -> ExportResult:
-    """Fold OOD scoring into a classifier and calibrate it on ID images.
-
-    model: an .onnx path, an onnx.ModelProto or a torch.nn.Module. data: a folder of ID images,
-    a .npy/.npz, or an array (None: scores only, no thresholds; run calibrate() later).
-    tune_ood: OOD validation images for AdaSCALE's tuning (default: jigsaw images of `data`).
-    """
-    if isinstance(model, (str, Path)) and not Path(model).is_file():
-        raise EdgeoodError(f"{model}: no such file; pass the path of an .onnx model")
-    rec = load_recipe(recipe)
-    names = _split(methods) or (rec.methods if rec and rec.methods else list(DEFAULT_METHODS))
-    if data is None and not _split(methods):  # nothing to fit on: the defaults that need no data
-        names = [n for n in names if not create(n).needs_fit]
-    chosen = _methods(names, rec, params)
-    primary = primary or names[0]
-    if primary not in names:
-        raise EdgeoodError(f"--primary {primary} is not among --methods {','.join(names)}")
-    if batch < 1:
-        raise EdgeoodError(f"--batch {batch} must be >= 1")
-    source = open_source(data) if data is not None else None
-    if source is None and any(m.needs_fit for m in chosen):
-        need = ", ".join(m.name for m in chosen if m.needs_fit)
-        raise EdgeoodError(f"{need} fit statistics on ID images: pass --data ID_DIR")
-    if source is not None:
-        check_count(source)
-    ood = open_source(tune_ood, "tune-ood") if tune_ood is not None else None
-    if ood is not None:
-        tuning = [m for m in chosen if m.params.get("tune")]
-        if not tuning:
-            raise EdgeoodError("--tune-ood is for AdaSCALE's --tune: add --tune and adascale_a "
-                               "or adascale_l to --methods")
-        for m in tuning:
-            m.tunes_on_ood = True
-    if out is not None and not Path(out).parent.exists():
-        raise EdgeoodError(f"output folder {Path(out).parent} does not exist; create it first")
-
-    proto, sha, label = _source_model(model, rec, imgsz, opset)
-    graph = prepare(proto)
-    taps_cfg = rec.taps if rec else {}
-    head = find_head(graph, logits or taps_cfg.get("logits"))
-    if penultimate or taps_cfg.get("penultimate"):
-        head.z = resolve(graph, penultimate or taps_cfg["penultimate"], "penultimate").name
-    candidates = list(taps_cfg.get("blocks", [])) or find_block_candidates(graph, head)
-    for name in candidates:
-        resolve(graph, name, "block")
-    info = ModelInfo(head=head, candidates=candidates)
-    for m in chosen:
-        m.bind(info)
-        if hasattr(m, "check_block"):
-            m.check_block(list(graph.tensors()))
-    pre = _preprocess(rec, _shape_from(rec, imgsz, input_chw(graph)), mean, std)
-
-    if source is not None:
-        fit_methods(graph, head, chosen, source, pre, batch, seed, progress, ood)
-    folded = graph.copy()
-    build_scores(folded, copy.copy(head), chosen, keep_taps)
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "edgeood_version": __version__,
-        "source": {"name": label, "sha256": sha, "opset": model_opset(proto)},
-        "input": {"name": folded.inputs[0].name, "shape": [batch_dim(folded),
-                                                            pre.channels, *pre.size],
-                  "dtype": "float32", "layout": "NCHW"},
-        "preprocessing": pre.to_dict(),
-        "head": {"logits": head.logits, "penultimate": head.z, "num_classes": head.num_classes,
-                 "feature_dim": head.feature_dim},
-        "recipe": rec.name if rec else None,
-        "methods": {m.name: m.describe() for m in chosen},
-        "primary": primary,
-        "tpr": tpr,
-        "precision": "float32",
-        "calibration": None,
-        "seed": seed,
-    }
-    if source is not None:
-        _calibrate_into(folded, meta, source, pre, batch, tpr, seed, progress)
-    meta["outputs"] = [t.name for t in folded.outputs]
-    path = Path(out) if out else _default_out(model)
-    save_detector(to_model(folded), meta, path)
-    return ExportResult(path, meta)
-
-
-def _default_out(model) -> Path:
-    if isinstance(model, (str, Path)):
-        p = Path(model)
-        return p.with_name(p.stem + ".detector.onnx")
-    return Path("detector.onnx")
-
-
-def _calibrate_into(graph: gs.Graph, meta: dict, source: ImageSource, pre: Preprocess,
-                    batch: int, tpr: float, seed: int, progress: bool) -> None:
-    """Score the ID set with the folded graph, set thresholds and references, fold the decision."""
-    methods = list(meta["methods"])
-    with tempfile.TemporaryDirectory() as tmp:
-        backend = OrtBackend(session_source(to_model(graph.copy()), tmp))
-        scored = score_source(backend, methods, source, pre, batch, progress)
-    refs = {}
-    for m in methods:
-        s = scored.scores[m]
-        meta["methods"][m]["threshold"] = threshold_at(s, tpr)
-        refs[m] = reference_scores(s, seed)
-        meta["methods"][m]["reference_size"] = int(len(refs[m]))
-    build_decision(graph, refs, meta["methods"][meta["primary"]]["threshold"], meta["primary"])
-    meta["tpr"] = tpr
-    meta["calibration"] = {"count": scored.count, "hash": scored.data_hash, "seed": seed,
-                           "source": source.name}
-
-
-def calibrate(detector, data, tpr: float | None = None, batch: int = 32, out=None,
-              seed: int | None = None, progress: bool = False) -> ExportResult:
-    """Re-fit the thresholds and p-value references of an existing detector on new ID images
-    (fitted statistics such as ReAct's clip value or the FeatureNorm block are kept)."""
-    path = Path(detector)
-    meta = read_metadata(path)
-    source = open_source(data)
-    check_count(source)
-    graph = gs.import_onnx(load_model(path))
-    pre = Preprocess.from_dict(meta["preprocessing"])
-    seed = meta.get("seed", 0) if seed is None else seed
-    _calibrate_into(graph, meta, source, pre, batch, tpr or meta.get("tpr", 0.95), seed, progress)
-    meta["outputs"] = [t.name for t in graph.outputs]
-    target = Path(out) if out else path
-    save_detector(to_model(graph), meta, target)
-    return ExportResult(target, meta)
-
-
-def load(path, providers: list[str] | None = None):
-    """A Detector for an exported file (backend chosen from the file)."""
-    from edgeood.runtime import load as _load
-    return _load(path, providers)

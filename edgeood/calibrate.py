@@ -1,32 +1,39 @@
-"""Calibration: stream ID batches through the tapped graph to fit each method, then score the
-ID set with the folded graph to set thresholds and keep p-value references.
+"""Calibration: stream ID batches through the tapped graph to fit each method, tune the
+methods that declare a tune space, then score the ID set with the folded graph to set
+thresholds and keep p-value references.
 
-Knows nothing of any method's formula: it moves tap values to Method.fit_update and scores out
-of the graph.
+Knows nothing of any method's formula or fitted keys: it moves tap values to
+Method.fit_update, searches Method.tune_space with Method.reference, and reads scores out of
+the graph.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from edgeood.conventions import LOGITS, MAX_REFERENCE, score_name
 from edgeood.data import ImageSource, Preprocess, jigsaw
 from edgeood.errors import EdgeoodError
+from edgeood.graph.fold import head_taps
 from edgeood.graph.head import ClassifierHead
 from edgeood.graph.model import to_model
 from edgeood.graph.ops import scope
+from edgeood.graph.taps import resolve
 from edgeood.metadata import session_source
 from edgeood.methods.base import Method
+from edgeood.metrics import auroc
 from edgeood.progress import track, warn
 from edgeood.runtime.batches import run_over
 from edgeood.runtime.ort_backend import OrtBackend
 
 MIN_IMAGES = 20
 RECOMMENDED_IMAGES = 100
-MAX_REFERENCE = 5000
+LABELS = "labels"
 
 
 def check_count(source: ImageSource) -> int:
@@ -40,68 +47,134 @@ def check_count(source: ImageSource) -> int:
     return n
 
 
+def tuning(m: Method) -> bool:
+    return bool(m.tune_space) and bool(m.params.get("tune"))
+
+
 def fit_methods(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
                 source: ImageSource, pre: Preprocess, batch_size: int, seed: int,
-                progress: bool = False, ood: ImageSource | None = None) -> None:
+                progress: bool = False, ood: ImageSource | None = None) -> dict:
     """Run the tapped graph over the ID images (and their jigsaws when a method asks) and feed
-    every method that fits statistics; OOD validation images, when given, go to the methods
-    that tune against them (source "ood")."""
-    fitting = [m for m in methods if m.needs_fit]
+    every method that fits statistics; then tune the methods asked to, against the OOD
+    validation images when given, else against jigsaw images. Returns notes for the
+    metadata (e.g. where labels came from)."""
+    fitting = [m for m in methods if m.needs_fit or tuning(m)]
     if not fitting:
-        return
+        return {}
     g = graph.copy()
-    tensors = g.tensors()
-    alias = {"logits": head.logits, "z": head.z}
-    keys = list(dict.fromkeys(k for m in fitting for k in m.fit_taps()))
-    outputs = {k: tensors[alias.get(k, k)] for k in keys}
-    available = {"logits": tensors[head.logits], "z": tensors[head.z], "input": g.inputs[0]}
+    available = head_taps(g, head)
+    outputs: dict[str, gs.Tensor] = {}
     for m in fitting:
         with scope(g, f"fit/{m.name}"):
             outputs.update(m.fit_graph(g, available))
+    wanted = [k for m in fitting for k in m.fit_taps() + (m.tune_taps() if tuning(m) else [])]
+    for key in dict.fromkeys(wanted):
+        if key not in outputs and key != LABELS:
+            outputs[key] = available.get(key) or resolve(g, key)
+    if any(m.needs_labels for m in fitting):
+        outputs.setdefault(LOGITS, available["logits"])
     for t in outputs.values():
         t.dtype = t.dtype or np.float32
     g.outputs = list({t.name: t for t in outputs.values()}.values())
-    keys = list(outputs)
-    names = [outputs[k].name for k in keys]
+    loop = _FitLoop(list(outputs), [outputs[k].name for k in outputs], fitting, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        backend = OrtBackend(session_source(to_model(g), tmp))
-        _fit_loop(backend, keys, names, fitting, source, pre, batch_size, seed, progress, ood)
-
-
-def _fit_loop(backend, keys, names, fitting, source, pre, batch_size, seed, progress, ood):
-    """The passes over the data (run while the session's temporary files exist)."""
-    def taps_of(x):
-        out = backend.run(x, names)
-        return {k: out[n] for k, n in zip(keys, names)}
-
-    rng = np.random.default_rng(seed)
-    want_jigsaw = any(m.needs_jigsaw for m in fitting)
-    passes = max(m.fit_passes for m in fitting)
-    for index in range(passes):
-        active = [m for m in fitting if m.fit_passes > index]
-        jig = want_jigsaw and index == 0
-        label = "fitting" if passes == 1 else f"fitting (pass {index + 1}/{passes})"
-        for batch in track(source.batches(pre, batch_size), -(-len(source) // batch_size),
-                           label, progress):
-            runs = [("id", batch.x)]
-            if jig:
-                runs.append(("jigsaw", jigsaw(batch.x, rng, pre.zero_pixel())))
-            for kind, x in runs:
-                taps = taps_of(x)
-                for m in active:
-                    if kind == "id" or m.needs_jigsaw:
-                        m.fit_update(taps, kind)
-        for m in active:
-            m.fit_pass_end(index)
-    if ood is not None and any(m.tunes_on_ood for m in fitting):
-        for batch in track(ood.batches(pre, batch_size), -(-len(ood) // batch_size),
-                           "OOD validation", progress):
-            taps = taps_of(batch.x)
-            for m in fitting:
-                if m.tunes_on_ood:
-                    m.fit_update(taps, "ood")
+        loop.backend = OrtBackend(session_source(to_model(g), tmp))
+        loop.run(source, pre, batch_size, progress, ood)
     for m in fitting:
-        m.fit_end()
+        m.scratch = {}
+    return loop.notes
+
+
+class _FitLoop:
+    """The passes over the data: ID (and jigsaw) batches to fit_update, then the tuner."""
+
+    def __init__(self, keys: list[str], names: list[str], methods: list[Method], seed: int):
+        self.keys, self.names, self.methods = keys, names, methods
+        self.rng = np.random.default_rng(seed)
+        self.backend: OrtBackend | None = None
+        self.notes: dict = {}
+        self.collected: dict[str, dict[str, list[dict[str, np.ndarray]]]] = {}
+
+    def taps_of(self, x: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+        feeds = {k: v for m in self.methods for k, v in m.fit_inputs().items()}
+        out = self.backend.run(x, self.names, feeds)
+        taps = {k: out[n] for k, n in zip(self.keys, self.names)}
+        if any(m.needs_labels for m in self.methods):
+            taps[LABELS] = np.asarray(labels, np.int64) if labels is not None else \
+                taps[LOGITS].argmax(1)
+        return taps
+
+    def feed(self, index: int, active: list[Method], taps: dict, kind: str) -> None:
+        """Give one batch of taps to the methods that use it, and keep the tuning taps of
+        each tuning method's last pass."""
+        for m in active:
+            if kind in ("id", "ood") or (m.needs_jigsaw and index == 0):
+                m.fit_update(taps, kind)
+            if tuning(m) and (kind == "ood" or index == m.fit_passes - 1):
+                keep = {k: taps[k] for k in m.tune_taps()}
+                self.collected.setdefault(m.name, {}).setdefault(kind, []).append(keep)
+
+    def run(self, source: ImageSource, pre: Preprocess, batch_size: int, progress: bool,
+            ood: ImageSource | None) -> None:
+        methods = self.methods
+        if any(m.needs_labels for m in methods):
+            self.notes["labels"] = "given" if source.labels is not None else "predictions"
+            if source.labels is None:
+                warn(f"{source.name} has no labels (class sub-folders or an .npz 'labels' "
+                     "array); the classifier's predictions stand in for them")
+        tune_on_jigsaw = [m for m in methods if tuning(m) and ood is None]
+        passes = max(m.fit_passes for m in methods)
+        for index in range(passes):
+            active = [m for m in methods if m.fit_passes > index]
+            jig = (index == 0 and any(m.needs_jigsaw for m in active)) or \
+                any(index == m.fit_passes - 1 for m in tune_on_jigsaw)
+            label = "fitting" if passes == 1 else f"fitting (pass {index + 1}/{passes})"
+            for batch in track(source.batches(pre, batch_size), -(-len(source) // batch_size),
+                               label, progress):
+                runs = [("id", batch.x)]
+                if jig:
+                    runs.append(("jigsaw", jigsaw(batch.x, self.rng, pre.zero_pixel())))
+                for kind, x in runs:
+                    self.feed(index, active, self.taps_of(x, batch.labels), kind)
+            for m in active:
+                m.fit_pass_end(index)
+        if ood is not None:
+            for batch in track(ood.batches(pre, batch_size), -(-len(ood) // batch_size),
+                               "OOD validation", progress):
+                self.feed(passes - 1, methods, self.taps_of(batch.x, None), "ood")
+        for m in methods:
+            m.fit_end()
+        for m in methods:
+            if tuning(m):
+                tune(m, self.collected[m.name], "ood" if ood is not None else "jigsaw")
+
+
+def tune(method: Method, collected: dict[str, list[dict]], against: str) -> None:
+    """Grid search over method.tune_space: the combination whose reference scores separate ID
+    from the pseudo-OOD (or OOD validation) set best by AUROC; ties go to the combination
+    nearest the defaults. Sets the chosen params and method.tuning."""
+    cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # noqa: E731
+    ident, other = cat(collected["id"]), cat(collected[against])
+    space = method.tune_space
+    keys = list(space)
+    defaults = method.accepted_params()
+    results: dict[tuple, float] = {}
+    for combo in itertools.product(*(space[k] for k in keys)):
+        method.params.update(dict(zip(keys, combo)))
+        try:
+            method.validate()
+        except EdgeoodError:
+            continue
+        results[combo] = auroc(method.reference(ident), method.reference(other))
+    if not results:
+        raise EdgeoodError(f"{method.name}: no value of its tune space "
+                           f"{dict(space)} is valid with its other parameters")
+    distance = lambda c: sum(abs(float(v) - float(defaults[k])) for k, v in zip(keys, c))  # noqa: E731
+    best = max(results, key=lambda c: (results[c], -distance(c)))
+    method.params.update(dict(zip(keys, best)))
+    label = lambda c: ",".join(f"{v}" for v in c)  # noqa: E731
+    method.tuning = {**dict(zip(keys, best)), "auroc": results[best], "against": against,
+                     "grid": {label(c): a for c, a in results.items()}}
 
 
 @dataclass
@@ -115,18 +188,16 @@ class ScoredSet:
 def score_source(backend: OrtBackend, methods: list[str], source: ImageSource, pre: Preprocess,
                  batch_size: int, progress: bool = False) -> ScoredSet:
     """Scores of every method (from the folded graph) over a source."""
-    names = ["logits"] + [f"score_{m}" for m in methods]
+    names = [LOGITS] + [score_name(m) for m in methods]
     h = hashlib.sha256()
     cat = run_over(backend, source, pre, batch_size, names, "scoring", progress,
                    on_batch=lambda x: h.update(x.tobytes()))
-    return ScoredSet({m: cat[f"score_{m}"] for m in methods}, cat["logits"], len(source),
+    return ScoredSet({m: cat[score_name(m)] for m in methods}, cat[LOGITS], len(source),
                      h.hexdigest()[:16])
 
 
 def threshold_at(scores: np.ndarray, tpr: float) -> float:
     """The score below which a fraction 1 - tpr of ID images falls (5th percentile at 0.95)."""
-    if not 0 < tpr < 1:
-        raise EdgeoodError(f"--tpr {tpr} must be in (0, 1); e.g. 0.95")
     finite = scores[np.isfinite(scores)]
     if len(finite) < len(scores):
         raise EdgeoodError(f"{len(scores) - len(finite)} calibration scores are NaN/Inf; the "

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from edgeood import __version__
+from edgeood.version import __version__
 from edgeood.errors import EdgeoodError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -90,32 +90,18 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
 
 
 def _method_rows(meta: dict) -> list[list]:
-    rows = []
+    from edgeood.methods.base import method_class
+    return [[name + (" *" if name == meta["primary"] else ""), d.get("threshold", float("nan")),
+             method_class(name).summary(d)] for name, d in meta["methods"].items()]
+
+
+def _print_details(meta: dict) -> None:
+    """The tables some methods add below the method table (e.g. a per-block statistic)."""
+    from edgeood.methods.base import method_class
     for name, d in meta["methods"].items():
-        extra = ""
-        if "selected_block" in d:
-            extra = f"block {d['selected_block']}"
-        elif "threshold_activation" in d:
-            extra = f"clip {d['threshold_activation']:.4g}"
-        elif "tuning" in d:
-            t = d["tuning"]
-            extra = f"p_max {t['p_max']:g} ({t['against']} AUROC {t['auroc']:.3f})"
-        elif "perturbation_bytes" in d:
-            extra = f"W~ adds {d['perturbation_bytes'] / 1e6:.1f} MB ({d['storage']}, preset {d['preset']})"
-        elif "q_reference_size" in d:
-            extra = f"ECDF of {d['q_reference_size']} Q' values"
-        elif "k" in d:
-            extra = f"k {d['k']}"
-        rows.append([name + (" *" if name == meta["primary"] else ""),
-                     d.get("threshold", float("nan")), extra])
-    return rows
-
-
-def _print_normratios(meta: dict) -> None:
-    fn = meta["methods"].get("featurenorm")
-    if fn and fn.get("norm_ratios"):
-        _table("FeatureNorm NormRatio per candidate block (largest is selected)",
-               ["block", "NormRatio"], [[k, v] for k, v in fn["norm_ratios"].items()])
+        detail = method_class(name).detail_table(d)
+        if detail:
+            _table(*detail)
 
 
 @command
@@ -135,28 +121,27 @@ def export(
     seed: int = typer.Option(0, "--seed", help="Seed for jigsaw images and subsampling."),
     logits: Optional[str] = typer.Option(None, "--logits", help="Logits tensor name."),
     penultimate: Optional[str] = typer.Option(None, "--penultimate", help="Feature tensor name."),
-    tune: bool = typer.Option(False, "--tune", help="Tune AdaSCALE's p_max against jigsaw images."),
-    tune_ood: Optional[Path] = typer.Option(None, "--tune-ood",
-                                            help="OOD validation images for --tune."),
+    tune: bool = typer.Option(False, "--tune",
+                              help="Search the tune space of the methods that have one "
+                                   "(AdaSCALE's p_max) against jigsaw images or --ood-val."),
+    ood_val: Optional[Path] = typer.Option(None, "--ood-val", "--tune-ood",
+                                           help="OOD validation images (tuning, GROOD/layer "
+                                                "energy's OOD side)."),
     as_json: bool = JSON, quiet: bool = QUIET,
 ):
     """Fold OOD scoring into MODEL and calibrate it on ID images."""
     from edgeood.api import export as run_export
-    names = [m.strip() for m in (methods or "").split(",") if m.strip()]
-    param = list(param or []) + [f"{m}.tune=true" for m in names if tune and m.startswith("adascale")]
-    if tune and not any(m.startswith("adascale") for m in names):
-        raise EdgeoodError("--tune tunes AdaSCALE: add adascale_a or adascale_l to --methods")
     res = run_export(str(model), data=str(data) if data else None, methods=methods,
                      primary=primary, tpr=tpr, recipe=recipe, imgsz=imgsz, batch=batch, out=out,
                      keep_taps=keep_taps, params=list(param or []), opset=opset, seed=seed,
-                     logits=logits, penultimate=penultimate,
-                     tune_ood=str(tune_ood) if tune_ood else None, progress=not (quiet or as_json))
+                     logits=logits, penultimate=penultimate, tune=tune,
+                     ood_val=str(ood_val) if ood_val else None, progress=not (quiet or as_json))
     if as_json:
         return _print_json({"path": str(res.path), "metadata": res.metadata})
     if not quiet:
         _table(f"{res.path}", ["method (* = primary)", "threshold", "fitted"],
                _method_rows(res.metadata))
-        _print_normratios(res.metadata)
+        _print_details(res.metadata)
     typer.echo(f"wrote {res.path}")
     if res.metadata["calibration"] is None:
         typer.echo(f"next: edgeood calibrate {res.path} --data ID_DIR")
@@ -259,15 +244,13 @@ def inspect(
                f"size {meta['preprocessing']['size']} {meta['preprocessing']['color']}")
     typer.echo("outputs: " + ", ".join(f"{o['name']}{o['shape']}" for o in info["outputs"]))
     for name, d in meta["methods"].items():
-        if "perturbation_bytes" in d:
-            typer.echo(f"{name}: W~ adds {d['perturbation_bytes'] / 1e6:.1f} MB "
-                       f"({d['perturbation_shape'][0]} x {d['perturbation_shape'][1]} {d['storage']}"
-                       "; shared by weiper methods with the same seed)")
+        for w in d.get("warnings", []):
+            typer.echo(f"warning: {w}")
     cal = meta.get("calibration")
     typer.echo(f"calibration: {cal['count']} images (hash {cal['hash']}), tpr {meta['tpr']}"
                if cal else "calibration: none (run edgeood calibrate)")
     _table("methods", ["method (* = primary)", "threshold", "fitted"], _method_rows(meta))
-    _print_normratios(meta)
+    _print_details(meta)
 
 
 @command
@@ -316,13 +299,15 @@ def profile(
 def demo(
     out: Path = typer.Option(Path("edgeood_demo"), "--out", "-o", help="Output folder."),
     skip_lite0: bool = typer.Option(False, "--skip-lite0", help="Only the digits benchmark."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train the digits CNN here (needs "
+                                 "torch; numbers differ from the README's shipped model)."),
     as_json: bool = JSON, quiet: bool = QUIET,
 ):
     """The embedded benchmark: digits CNN with every method, then EfficientNet-Lite0."""
     from edgeood.zoo.demo import run_demo
     result = run_demo(out, lite0=not skip_lite0, progress=not (quiet or as_json),
                       echo=(lambda *_: None) if as_json else typer.echo,
-                      show=None if (as_json or quiet) else print_report)
+                      show=None if (as_json or quiet) else print_report, retrain=retrain)
     if as_json:
         _print_json(result)
 

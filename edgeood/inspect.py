@@ -6,9 +6,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeood.conventions import PVALUE_PREFIX, SCORE_PREFIX, TAP_PREFIX
+from edgeood.graph.model import model_opset
 from edgeood.metadata import read_metadata
+from edgeood.methods.base import method_class
 
-HEAD_SCOPES = ("score_", "pvalue_", "decision", "tap", "weiper/")
+HEAD_SCOPES = (SCORE_PREFIX, PVALUE_PREFIX, "decision", TAP_PREFIX.rstrip("_"))
 
 
 def _shape(vi) -> list:
@@ -25,16 +28,15 @@ def describe(path) -> dict:
     if path.suffix.lower() != ".onnx":
         return info
     model = onnx.load(str(path), load_external_data=False)
-    method_scopes = tuple(f"{m}/" for m in meta["methods"]) + tuple(f"pvalue_{m}/" for m in
-                                                                      meta["methods"])
+    scopes = tuple(s for m, entry in meta["methods"].items()
+                   for s in method_class(m).constant_scopes(entry)) + HEAD_SCOPES
     total = head = 0
     for init in model.graph.initializer:
         n = int(np.prod(init.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
         total += n
-        if init.name.startswith(method_scopes + HEAD_SCOPES):
+        if init.name.startswith(scopes):
             head += n
     info.update(constant_bytes=total, head_constant_bytes=head,
                 outputs=[{"name": o.name, "shape": _shape(o)} for o in model.graph.output],
-                opset=max(i.version for i in model.opset_import if i.domain in ("", "ai.onnx")),
-                nodes=len(model.graph.node))
+                opset=model_opset(model), nodes=len(model.graph.node))
     return info

@@ -110,3 +110,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise EdgeoodError(f"{path} has metadata schema {version}; this edgeood reads schema "
                            f"{SCHEMA_VERSION}: re-export it with this version")
     return meta
+
+
+def read_constants(path: str | Path, prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The detector's initializers whose names start with one of prefixes (all without), as
+    NumPy arrays: the statistics methods keep in the graph (Method.graph_arrays)."""
+    import onnx.numpy_helper
+    model = onnx.load(str(path))
+    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+            if not prefixes or i.name.startswith(prefixes)}

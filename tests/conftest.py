@@ -51,20 +51,21 @@ def lite0_detector(lite0_model, lite0_photos, tmp_path_factory):
                           recipe="efficientnet_lite0", out=out, keep_taps=True, batch=16)
 
 
-def fitted_methods(model_path, metadata):
-    """The detector's methods rebuilt from metadata, bound to the source model's head."""
+def fitted_methods(model_path, metadata, detector_path=None):
+    """The detector's methods rebuilt from metadata (and, for statistics kept in the graph, the
+    detector's constants), bound to the source model's head."""
+    from edgeood.metadata import read_constants
     graph = prepare(onnx.load(str(model_path)))
     head = find_head(graph)
     info = ModelInfo(head=head, candidates=[])
-    return {name: from_metadata(name, entry, info) for name, entry in metadata["methods"].items()}
+    constants = read_constants(detector_path) if detector_path is not None else None
+    return {name: from_metadata(name, entry, info, constants)
+            for name, entry in metadata["methods"].items()}
 
 
 def tap_dict(outputs: dict[str, np.ndarray], metadata) -> dict[str, np.ndarray]:
-    """Map the detector's tap_* outputs back to tap keys ('z', block tensor names)."""
-    import re
+    """The detector's kept tap outputs by tap key (the metadata's "taps" map), plus logits."""
     taps = {"logits": outputs["logits"]}
-    keys = ["z"] + [e["selected_block"] for e in metadata["methods"].values()
-                    if "selected_block" in e]
-    for key in keys:
-        taps[key] = outputs["tap_" + re.sub(r"[^0-9A-Za-z_]+", "_", key).strip("_")]
+    for key, name in metadata["taps"].items():
+        taps[key] = outputs[name]
     return taps

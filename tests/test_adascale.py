@@ -17,7 +17,7 @@ from edgeood.runtime.ort_backend import OrtBackend
 def _q_reference(path, name):
     m = onnx.load(str(path))
     init = {i.name: i for i in m.graph.initializer}
-    return onnx.numpy_helper.to_array(init[f"{name}/q_reference"]).ravel()
+    return onnx.numpy_helper.to_array(init[f"{name}/q_reference"])
 
 
 def torch_adascale(net, features, x, method, head_weight, head_bias):
@@ -34,7 +34,7 @@ def torch_adascale(net, features, x, method, head_weight, head_bias):
         z = features(torch.from_numpy(x.astype(np.float64))).numpy()
         zp = features(torch.from_numpy(xp)).numpy()
         lg = logits.detach().numpy()
-    return method.reference({"z": z, "z_perturbed": zp, "logits": lg})
+    return method.reference({"z": z, f"{method.name}/z_perturbed": zp, "logits": lg})
 
 
 @pytest.mark.parametrize("name", ["adascale_a", "adascale_l"])

@@ -120,7 +120,7 @@ def test_check_and_tune(digits_model, digits_files, tmp_path):
     assert proc.returncode == 1 and "exceeds 3839" in proc.stdout
     err = cli("export", digits_model, "--data", digits_files / "val.npz", "--recipe", "digits_cnn",
               "--methods", "energy", "--tune", "--out", tmp_path / "x.onnx", check=False)
-    assert err.returncode == 2 and "--tune tunes AdaSCALE" in err.stderr
+    assert err.returncode == 2 and "--tune searches a method's tune space" in err.stderr
 
 
 def test_inspect_reports_weiper_bytes(digits_model, digits_files, tmp_path):

@@ -9,10 +9,11 @@ inputs. An op without a rule is a one-line error naming the op and the node.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 from edgeood.errors import EdgeoodError
 from edgeood.graph.ops import _layer, constant, scope
@@ -42,8 +43,9 @@ def _static(shape, what: str, node: gs.Node) -> list[int]:
 class _Backward:
     """Holds the graph and the accumulated gradients while the rules run."""
 
-    def __init__(self, graph: gs.Graph):
+    def __init__(self, graph: gs.Graph, on_path: set[str] | None = None):
         self.g = graph
+        self.on_path = on_path or set()
 
     def c(self, values, dtype=F32) -> gs.Constant:
         return constant(self.g, values, dtype=dtype)
@@ -161,6 +163,189 @@ def _div(b, node, g):
     return [b.unbroadcast(b.g.div(g[0], c), a, node.outputs[0]), None]
 
 
+@rule("Sum", "Mean")
+def _sum_mean(b, node, g):
+    """Variadic Add (Sum) and its average (Mean): g (or g / n) to every input, summed over
+    the axes it was broadcast along."""
+    out = node.outputs[0]
+    gi = g[0] if node.op == "Sum" or len(node.inputs) == 1 else \
+        b.g.mul(g[0], F32(1.0 / len(node.inputs)))
+    return [b.unbroadcast(gi, t, out) for t in node.inputs]
+
+
+@rule("Max", "Min")
+def _max_min(b, node, g):
+    """Variadic element-wise Max / Min. Tie rule: where several arguments attain the max (min),
+    the whole gradient goes to the FIRST of them in input order (others get 0), like MaxPool's
+    first-max-in-window rule; torch instead splits it evenly between the tied arguments."""
+    out = node.outputs[0]
+    grads, taken = [], None
+    for i, t in enumerate(node.inputs):
+        hit = b.g.cast(b.g.equal(t, out))
+        first = hit if taken is None else b.g.mul(hit, b.g.sub(F32(1), taken))
+        if i < len(node.inputs) - 1:
+            taken = first if taken is None else b.g.add(taken, first)
+        grads.append(None if isinstance(t, gs.Constant) else
+                     b.unbroadcast(b.g.mul(g[0], first), t, out))
+    return grads
+
+
+@rule("Neg")
+def _neg(b, node, g):
+    return [b.g.neg(g[0])]
+
+
+@rule("Abs")
+def _abs(b, node, g):
+    """sign(x) g (0 at x = 0)."""
+    return [b.g.mul(g[0], b.g.sign(node.inputs[0]))]
+
+
+@rule("Sqrt")
+def _sqrt(b, node, g):
+    return [b.g.div(b.g.mul(g[0], F32(0.5)), node.outputs[0])]
+
+
+@rule("Exp")
+def _exp(b, node, g):
+    return [b.g.mul(g[0], node.outputs[0])]
+
+
+@rule("Log")
+def _log(b, node, g):
+    return [b.g.div(g[0], node.inputs[0])]
+
+
+@rule("Tanh")
+def _tanh(b, node, g):
+    y = node.outputs[0]
+    return [b.g.mul(g[0], b.g.sub(F32(1), b.g.mul(y, y)))]
+
+
+@rule("Erf")
+def _erf(b, node, g):
+    x = node.inputs[0]
+    d = b.g.mul(b.g.exp(b.g.neg(b.g.mul(x, x))), F32(2 / np.sqrt(np.pi)))
+    return [b.g.mul(g[0], d)]
+
+
+@rule("Elu")
+def _elu(b, node, g):
+    """1 for x > 0, else alpha e^x = y + alpha."""
+    x, y = node.inputs[0], node.outputs[0]
+    alpha = F32(node.attrs.get("alpha", 1.0))
+    return [b.g.where(b.g.greater(x, F32(0)), g[0], b.g.mul(g[0], b.g.add(y, alpha)))]
+
+
+@rule("Selu")
+def _selu(b, node, g):
+    """gamma for x > 0, else gamma alpha e^x = y + gamma alpha."""
+    x, y = node.inputs[0], node.outputs[0]
+    alpha = float(node.attrs.get("alpha", 1.67326319217681884765625))
+    gamma = float(node.attrs.get("gamma", 1.05070102214813232421875))
+    return [b.g.where(b.g.greater(x, F32(0)), b.g.mul(g[0], F32(gamma)),
+                      b.g.mul(g[0], b.g.add(y, F32(gamma * alpha))))]
+
+
+@rule("Softplus")
+def _softplus(b, node, g):
+    return [b.g.mul(g[0], b.op("Sigmoid", [node.inputs[0]]))]
+
+
+@rule("Mish")
+def _mish(b, node, g):
+    """mish(x) = x tanh(softplus(x)): tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)."""
+    x = node.inputs[0]
+    t = b.op("Tanh", [b.op("Softplus", [x])])
+    d = b.g.add(t, b.g.mul(b.g.mul(x, b.g.sub(F32(1), b.g.mul(t, t))), b.op("Sigmoid", [x])))
+    return [b.g.mul(g[0], d)]
+
+
+@rule("PRelu")
+def _prelu(b, node, g):
+    """g where x > 0, else slope g (the slope is broadcast to x, e.g. per channel [C, 1, 1])."""
+    x, slope = node.inputs
+    return [b.g.where(b.g.greater(x, F32(0)), g[0], b.g.mul(g[0], slope)),
+            _no_grad(b, node, slope, "slope")]
+
+
+@rule("Dropout")
+def _dropout(b, node, g):
+    """Inference Dropout is the identity (the optional mask output carries no gradient; ratio
+    is unused); a constant training_mode = True, or a computed one, has no rule."""
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        mode = node.inputs[2]
+        if not isinstance(mode, gs.Constant) or bool(np.asarray(mode.values).ravel()[0]):
+            raise EdgeoodError(f"Dropout node '{node.name}' runs in training mode; re-export the "
+                               "model in eval mode")
+    return [g[0]] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Cast")
+def _cast(b, node, g):
+    """Float to float: the gradient is cast back to the input's dtype. Casts to (or from) an
+    integer or bool type stop the gradient."""
+    x = node.inputs[0]
+    src = np.dtype(x.dtype) if x.dtype is not None else np.dtype(F32)
+    dst = helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))
+    if src.kind != "f" or dst.kind != "f":
+        return [None]
+    return [g[0] if src == dst else b.g.cast(g[0], src.type)]
+
+
+@rule("Softmax", "LogSoftmax")
+def _softmax(b, node, g):
+    """Softmax (opset >= 13: one axis): y (g - sum(g y, axis)). LogSoftmax: g - e^y sum(g, axis)."""
+    y = node.outputs[0]
+    rank = len(y.shape) if y.shape is not None else None
+    axis = int(node.attrs.get("axis", -1))
+    if rank is None:
+        raise EdgeoodError(f"cannot infer the rank of {node.op} node '{node.name}' for its "
+                           "gradient")
+    axis %= rank
+    if axis == 0:
+        raise EdgeoodError(f"{node.op} node '{node.name}' normalises over the batch axis; no rule")
+    if node.op == "Softmax":
+        s = b.g.reduce("ReduceSum", b.g.mul(g[0], y), [axis], keepdims=True)
+        return [b.g.mul(y, b.g.sub(g[0], s))]
+    s = b.g.reduce("ReduceSum", g[0], [axis], keepdims=True)
+    return [b.g.sub(g[0], b.g.mul(b.g.exp(y), s))]
+
+
+@rule("LRN")
+def _lrn(b, node, g):
+    """y = x d^-beta, d = bias + alpha/size S, S_c = sum_{c' in win(c)} x_c'^2 (ONNX window
+    [c - floor((size-1)/2), c + ceil((size-1)/2)]). With u = g d^-beta and t = u x / d:
+    dx = u - (2 alpha beta / size) x sum_{c: k in win(c)} t_c (the cross-channel term). The
+    window sums are 1x1 Convs with a constant C x C band matrix (and its transpose)."""
+    x = node.inputs[0]
+    xs = _static(x.shape, "input", node)
+    channels, size = xs[1], int(node.attrs["size"])
+    alpha, beta = float(node.attrs.get("alpha", 1e-4)), float(node.attrs.get("beta", 0.75))
+    bias = float(node.attrs.get("bias", 1.0))
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    band = np.zeros([channels, channels], F32)
+    for c in range(channels):
+        band[c, max(0, c - lo):min(channels, c + hi + 1)] = 1.0
+    kernel = [1] * (len(xs) - 2)
+    fwd = b.c(band.reshape([channels, channels] + kernel))
+    bwd = b.c(np.ascontiguousarray(band.T).reshape([channels, channels] + kernel))
+    sq = b.op("Conv", [b.g.mul(x, x), fwd], {"kernel_shape": kernel})
+    d = b.g.add(b.g.mul(sq, F32(alpha / size)), F32(bias))
+    u = b.g.mul(g[0], b.g.pow_(d, F32(-beta)))
+    t = b.g.div(b.g.mul(u, x), d)
+    back = b.op("Conv", [t, bwd], {"kernel_shape": kernel})
+    return [b.g.sub(u, b.g.mul(b.g.mul(x, back), F32(2 * alpha * beta / size)))]
+
+
+def _no_grad(b, node, t, what):
+    """None for an input off the x -> y path; an error where it would need a gradient."""
+    if isinstance(t, gs.Constant) or not t.name or t.name not in b.on_path:
+        return
+    raise EdgeoodError(f"the gradient through {node.op} node '{node.name}' needs a constant "
+                       f"{what}")
+
+
 @rule("BatchNormalization")
 def _batchnorm(b, node, g):
     x, scale, _, _, var = node.inputs[:5]
@@ -266,6 +451,167 @@ def _split(b, node, g):
     parts = [gi if gi is not None else b.g.mul(o, F32(0)) for gi, o in zip(g, node.outputs)]
     return [b.op("Concat", parts, {"axis": node.attrs.get("axis", 0)})] + \
         [None] * (len(node.inputs) - 1)
+
+
+@rule("Expand")
+def _expand(b, node, g):
+    """Broadcast: the gradient summed back over the broadcast axes."""
+    return [b.unbroadcast(g[0], node.inputs[0], node.outputs[0]), None]
+
+
+@rule("Tile")
+def _tile(b, node, g):
+    """Sum the tiles back: g reshaped to [r0, d0, r1, d1, ...] and summed over the r axes (a
+    dynamic batch axis must not be tiled)."""
+    x = node.inputs[0]
+    xs = _static(x.shape, "input", node)
+    reps = _const_ints(node.inputs[1], node, "repeats")
+    if not isinstance(xs[0], int) and reps[0] != 1:
+        raise EdgeoodError(f"Tile node '{node.name}' tiles the dynamic batch axis; no rule")
+    if all(r == 1 for r in reps):
+        return [g[0], None]
+    split, axes = [], []
+    for i, (d, r) in enumerate(zip(xs, reps)):
+        if i == 0 and r == 1:
+            split.append(-1 if not isinstance(d, int) else d)
+            continue
+        axes.append(len(split))
+        split += [r, d]
+    parts = b.op("Reshape", [g[0], b.c(split, np.int64)])
+    summed = b.g.reduce("ReduceSum", parts, axes, keepdims=False)
+    return [summed, None]
+
+
+@rule("Gather")
+def _gather(b, node, g):
+    """Constant indices (negative ones counted from the end, repeats allowed): scatter-add back,
+    as a MatMul of g (gathered axis moved last) with the constant one-hot [K, D] matrix, so a
+    repeated index collects the sum of its copies' gradients."""
+    x, idx = node.inputs
+    if not isinstance(idx, gs.Constant):
+        if x.name not in b.on_path:
+            return [None, None]
+        raise EdgeoodError(f"the gradient through Gather node '{node.name}' needs constant "
+                           "indices")
+    xs = _static(x.shape, "input", node)
+    axis = int(node.attrs.get("axis", 0)) % len(xs)
+    if axis == 0:
+        raise EdgeoodError(f"Gather node '{node.name}' gathers along the batch axis; no rule")
+    flat = np.asarray(idx.values).astype(np.int64).ravel()
+    dim = xs[axis]
+    onehot = np.zeros([flat.size, dim], F32)
+    np.add.at(onehot, (np.arange(flat.size), flat % dim), 1.0)
+    shape = [-1] + xs[1:axis] + [flat.size] + xs[axis + 1:]
+    grad = b.op("Reshape", [g[0], b.c(shape, np.int64)])
+    last = len(xs) - 1
+    if axis != last:
+        perm = [i for i in range(len(xs)) if i != axis] + [axis]
+        grad = b.op("Transpose", [grad], {"perm": perm})
+    grad = b.op("MatMul", [grad, b.c(onehot)])
+    if axis != last:
+        grad = b.op("Transpose", [grad], {"perm": [int(p) for p in np.argsort(perm)]})
+    return [grad, None]
+
+
+def _attr_str(node, key, default):
+    v = node.attrs.get(key, default)
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _resize_source(mode, out_idx, scale, n_in, n_out):
+    """Source coordinates of the output positions along one axis (ONNX Resize, computed in
+    float32 as ONNX Runtime does)."""
+    o, scale = out_idx.astype(F32), F32(scale)
+    half = F32(0.5)
+    if mode == "half_pixel":
+        return (o + half) / scale - half
+    if mode == "pytorch_half_pixel":
+        return (o + half) / scale - half if n_out > 1 else np.zeros_like(o)
+    if mode == "align_corners":
+        return o * F32(n_in - 1) / F32(n_out - 1) if n_out > 1 else np.zeros_like(o)
+    if mode == "asymmetric":
+        return o / scale
+    if mode == "tf_half_pixel_for_nn":
+        return (o + half) / scale
+    if mode == "half_pixel_symmetric":
+        adjustment = F32(n_out) / (scale * F32(n_in))
+        offset = F32(n_in) / F32(2) * (F32(1) - adjustment)
+        return offset + (o + half) / scale - half
+    raise ValueError(mode)
+
+
+def _resize_matrix(node, n_in, n_out, scale):
+    """[n_out, n_in] float64: the 1-D Resize (nearest or linear) as a fixed linear map."""
+    mode = _attr_str(node, "mode", "nearest")
+    ctm = _attr_str(node, "coordinate_transformation_mode", "half_pixel")
+    try:
+        src = _resize_source(ctm, np.arange(n_out), scale, n_in, n_out).astype(np.float64)
+    except ValueError:
+        raise EdgeoodError(f"Resize node '{node.name}' uses coordinate_transformation_mode "
+                           f"{ctm}; no gradient rule") from None
+    m = np.zeros([n_out, n_in])
+    rows = np.arange(n_out)
+    if mode == "nearest":
+        nm = _attr_str(node, "nearest_mode", "round_prefer_floor")
+        pick = {"round_prefer_floor": lambda v: np.ceil(v - 0.5),
+                "round_prefer_ceil": lambda v: np.floor(v + 0.5),
+                "floor": np.floor, "ceil": np.ceil}.get(nm)
+        if pick is None:
+            raise EdgeoodError(f"Resize node '{node.name}' uses nearest_mode {nm}; no rule")
+        m[rows, np.clip(pick(src), 0, n_in - 1).astype(int)] = 1.0
+    elif mode == "linear":
+        src = np.clip(src, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        frac = src - lo
+        hi = np.minimum(lo + 1, n_in - 1)
+        np.add.at(m, (rows, lo), 1 - frac)
+        np.add.at(m, (rows, hi), frac)
+    else:
+        raise EdgeoodError(f"Resize node '{node.name}' uses mode {mode}; only nearest and linear "
+                           "have gradient rules")
+    return m
+
+
+@rule("Resize")
+def _resize(b, node, g):
+    """nearest / linear Resize of the last two (spatial) axes, exact for these separable maps:
+    y = A_h x A_w^T per image and channel with constant interpolation matrices, so
+    dx = A_h^T (g A_w), two MatMuls. Scale 1 on N and C only; no antialias, no ROI crop."""
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = _static(x.shape, "input", node), _static(y.shape, "output", node)
+    rank = len(xs)
+    if _attr_str(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+        raise EdgeoodError(f"Resize node '{node.name}' uses tf_crop_and_resize; no gradient rule")
+    if node.attrs.get("antialias", 0) and any(o < i for o, i in zip(ys[2:], xs[2:])):
+        raise EdgeoodError(f"Resize node '{node.name}' downsamples with antialias; no rule")
+    if _attr_str(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise EdgeoodError(f"Resize node '{node.name}' keeps the aspect ratio; no gradient rule")
+    axes = node.attrs.get("axes")
+    axes = [int(a) % rank for a in axes] if axes is not None else list(range(rank))
+    scales = None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        if not isinstance(node.inputs[2], gs.Constant):
+            raise EdgeoodError(f"Resize node '{node.name}' needs constant scales")
+        given = np.asarray(node.inputs[2].values, np.float32).ravel()
+        if given.size:
+            scales = [1.0] * rank
+            for a, v in zip(axes, given):
+                scales[a] = float(v)
+    if scales is None:  # sizes: scale = output / input, as ONNX Runtime computes it
+        scales = [float(F32(o) / F32(i)) if isinstance(i, int) else 1.0 for o, i in zip(ys, xs)]
+    changed = [a for a in range(rank)
+               if scales[a] != 1.0 or isinstance(xs[a], int) and xs[a] != ys[a]]
+    if rank < 3 or any(a < max(2, rank - 2) for a in changed):
+        raise EdgeoodError(f"Resize node '{node.name}' resizes axes {changed} of a {rank}-D "
+                           "input; only the last two (spatial) axes have a gradient rule")
+    grad = g[0]
+    if rank - 1 in changed:
+        m = _resize_matrix(node, xs[-1], ys[-1], scales[-1])
+        grad = b.op("MatMul", [grad, b.c(m.astype(F32))])                      # [.., OH, W]
+    if rank - 2 in changed:
+        m = _resize_matrix(node, xs[-2], ys[-2], scales[-2])
+        grad = b.op("MatMul", [b.c(np.ascontiguousarray(m.T).astype(F32)), grad])  # [.., H, W]
+    return [grad] + [None] * (len(node.inputs) - 1)
 
 
 # --- linear -----------------------------------------------------------------------------------
@@ -512,10 +858,10 @@ def input_gradient(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor, num_classes: int
                    name: str = "grad") -> gs.Variable:
     """Append d y[n, argmax y[n]] / d x to the graph and return it (same shape as x)."""
     with scope(graph, name):
-        b = _Backward(graph)
         grads: dict[str, list] = {y.name: [argmax_onehot(graph, y, num_classes)]}
         path = nodes_between(graph, x, y)
         on_path = {o.name for n in path for o in n.outputs} | {x.name}
+        b = _Backward(graph, on_path)
         for node in reversed(path):
             outs = [_sum(b, grads.pop(o.name, [])) for o in node.outputs]
             if all(o is None for o in outs):

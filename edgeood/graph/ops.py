@@ -158,3 +158,122 @@ def logsumexp(self, x, axis: int = 1):
 def identity(self, x):
     """A copy of x under a new name."""
     return _layer(self, "Identity", [x])
+
+
+# --- shape, indexing and linear-algebra ops used by scoring heads ----------------------------
+I64 = np.int64
+
+
+def _ints(values) -> np.ndarray:
+    return np.asarray(values, dtype=I64).reshape(-1)
+
+
+@gs.Graph.register()
+def shape(self, x):
+    """The int64 shape of x."""
+    return _layer(self, "Shape", [x], dtypes=[I64])
+
+
+@gs.Graph.register()
+def reshape(self, x, shape):
+    """Reshape to a constant shape (a sequence, 0 = keep, -1 = infer) or to a shape tensor."""
+    target = shape if isinstance(shape, gs.Tensor) else _ints(shape)
+    return _layer(self, "Reshape", [x, target], dtypes=[_dtype_of(x)])
+
+
+@gs.Graph.register()
+def slice_(self, x, start: int, end: int, axis: int):
+    """x[..., start:end, ...] along one axis (constant bounds)."""
+    return _layer(self, "Slice", [x, _ints([start]), _ints([end]), _ints([axis])],
+                  dtypes=[_dtype_of(x)])
+
+
+@gs.Graph.register()
+def concat(self, xs, axis: int):
+    """Concatenate tensors of one dtype along an axis."""
+    return _layer(self, "Concat", list(xs), {"axis": int(axis)}, dtypes=[_dtype_of(xs[0])])
+
+
+@gs.Graph.register()
+def gather_elements(self, data, indices, axis: int = 1):
+    """out[i][j] = data[i][indices[i][j]] along axis."""
+    return _layer(self, "GatherElements", [data, indices], {"axis": int(axis)},
+                  dtypes=[_dtype_of(data)])
+
+
+@gs.Graph.register()
+def gather(self, data, indices, axis: int = 0):
+    """Rows (or slices along axis) of data picked by integer indices."""
+    return _layer(self, "Gather", [data, indices], {"axis": int(axis)}, dtypes=[_dtype_of(data)])
+
+
+@gs.Graph.register()
+def scatter_elements(self, data, indices, updates, axis: int = 1):
+    """A copy of data with updates written at indices along axis."""
+    return _layer(self, "ScatterElements", [data, indices, updates], {"axis": int(axis)},
+                  dtypes=[_dtype_of(data)])
+
+
+@gs.Graph.register()
+def fill_like(self, x, value: float):
+    """A float32 tensor of x's shape filled with value."""
+    return _layer(self, "ConstantOfShape", [self.shape(x)],
+                  {"value": gs.Constant("value", np.array([value], F32))})
+
+
+@gs.Graph.register()
+def gemm(self, a, b, c=None, trans_b: bool = False, attrs: dict | None = None):
+    """a @ b (b transposed with trans_b) + c, as one Gemm node."""
+    attrs = dict(attrs or {})
+    if trans_b:
+        attrs["transB"] = 1
+    return _layer(self, "Gemm", [a, b] + ([c] if c is not None else []), attrs)
+
+
+@gs.Graph.register()
+def tile(self, x, repeats: Sequence[int]):
+    """Repeat x along each axis (constant repeats)."""
+    return _layer(self, "Tile", [x, _ints(repeats)], dtypes=[_dtype_of(x)])
+
+
+@gs.Graph.register()
+def pad(self, x, pads: Sequence[int], mode: str = "constant"):
+    """Pad with ONNX's [begin..., end...] layout (constant pads)."""
+    return _layer(self, "Pad", [x, _ints(pads)], {"mode": mode})
+
+
+@gs.Graph.register()
+def conv(self, x, weight, **attrs):
+    """Convolution with a constant kernel (kernel_shape, strides, pads ... as attributes)."""
+    return _layer(self, "Conv", [x, weight], attrs)
+
+
+@gs.Graph.register()
+def round_(self, x):
+    """Round half to even (ONNX Round, NumPy's np.round)."""
+    return _layer(self, "Round", [x])
+
+
+@gs.Graph.register()
+def argmax(self, x, axis: int = 1, keepdims: bool = False):
+    """int64 index of the (first) largest entry along axis."""
+    return _layer(self, "ArgMax", [x], {"axis": int(axis), "keepdims": int(keepdims)},
+                  dtypes=[I64])
+
+
+@gs.Graph.register()
+def softmax(self, x, axis: int = 1):
+    """Softmax along one axis (opset >= 13 semantics)."""
+    return _layer(self, "Softmax", [x], {"axis": int(axis)})
+
+
+@gs.Graph.register()
+def count_above(self, s, reference, keepdims: bool = False):
+    """#{ref_j > s_i} per row i: s an N-vector, reference a 1 x R constant (Less + ReduceSum)."""
+    below = self.cast(self.less(self.unsqueeze(s, [1]), reference))
+    return self.reduce("ReduceSum", below, [1], keepdims=keepdims)
+
+
+def _dtype_of(t) -> type:
+    dtype = getattr(t, "dtype", None)
+    return np.dtype(dtype).type if dtype is not None else F32

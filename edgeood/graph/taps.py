@@ -6,25 +6,13 @@ from typing import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from edgeood.errors import EdgeoodError, nearest
 from edgeood.graph.head import ClassifierHead
+from edgeood.graph.lookup import missing_tensor_error, resolve
+
+__all__ = ["find_block_candidates", "missing_tensor_error", "resolve", "tapped"]
 
 _FLATTENERS = ("Flatten", "Reshape", "Squeeze", "Identity")
 _POOLS = ("GlobalAveragePool", "ReduceMean", "AveragePool", "GlobalMaxPool")
-
-
-def missing_tensor_error(graph: gs.Graph, name: str, what: str = "tap") -> EdgeoodError:
-    """One line naming the missing tensor and the nearest names that exist."""
-    names = [t for t, v in graph.tensors().items() if isinstance(v, gs.Variable)]
-    return EdgeoodError(f"{what} tensor '{name}' is not in the graph; nearest names: "
-                        f"{', '.join(nearest(name, names))}")
-
-
-def resolve(graph: gs.Graph, name: str, what: str = "tap") -> gs.Variable:
-    tensor = graph.tensors().get(name)
-    if not isinstance(tensor, gs.Variable):
-        raise missing_tensor_error(graph, name, what)
-    return tensor
 
 
 def _spatial(t: gs.Tensor):
@@ -41,6 +29,11 @@ def _through_pad(t: gs.Tensor) -> gs.Tensor:
 
 
 def _feature_map_before_pool(graph: gs.Graph, head: ClassifierHead) -> gs.Tensor | None:
+    """The 4-D map the head reads: pooled into z for a linear head, the input of the final
+    conv / pool for a head without a penultimate vector (SqueezeNet style)."""
+    if head.z is None:
+        t = graph.tensors().get(head.feature_map or "")
+        return t if isinstance(t, gs.Variable) else None
     t = graph.tensors().get(head.z)
     while t is not None and t.inputs and t.inputs[0].op in _FLATTENERS:
         t = t.inputs[0].inputs[0]
@@ -52,7 +45,8 @@ def _feature_map_before_pool(graph: gs.Graph, head: ClassifierHead) -> gs.Tensor
 def find_block_candidates(graph: gs.Graph, head: ClassifierHead) -> list[str]:
     """FeatureNorm candidates (methods.md): outputs of residual Add nodes (through a following
     Relu), the last tensor before each spatial down-sampling (looking through Pad), and the
-    final feature map that is pooled into z."""
+    final feature map that is pooled into z (or, without a linear head, that goes into the
+    head's conv / pool)."""
     found: list[str] = []
     inputs = {t.name for t in graph.inputs}
     for node in graph.nodes:
@@ -60,8 +54,8 @@ def find_block_candidates(graph: gs.Graph, head: ClassifierHead) -> list[str]:
         if not outs:
             continue
         out = outs[0]
-        if node.op == "Add" and all(isinstance(i, gs.Variable) and _spatial(i) is not None
-                                    for i in node.inputs):
+        if node.op in ("Add", "Sum") and len(node.inputs) > 1 and all(
+                isinstance(i, gs.Variable) and _spatial(i) is not None for i in node.inputs):
             consumers = out.outputs
             if len(consumers) == 1 and consumers[0].op in ("Relu", "Clip"):
                 out = consumers[0].outputs[0]

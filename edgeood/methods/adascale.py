@@ -22,17 +22,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from edgeood.conventions import MAX_REFERENCE, TOPK_LIMIT
 from edgeood.errors import EdgeoodError
 from edgeood.graph.autodiff import input_gradient
 from edgeood.graph.head import rescale_logits
-from edgeood.graph.ops import _layer, constant
 from edgeood.graph.subgraph import clone_between
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import logsumexp
 
-TOPK_LIMIT = 3839  # TensorRT: K < 3840
-MAX_REFERENCE = 5000
 TUNE_GRID = [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0]
+SMALL_D = 100  # below this, floor(D k1 / 100) = 0 at the default k1 = 1
 
 
 # --- graph pieces -----------------------------------------------------------------------------
@@ -46,17 +45,9 @@ def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = TOPK_LIMIT) -
         parts.append(idx)
         left -= k
         if left > 0:
-            cur = _layer(graph, "ScatterElements", [cur, idx, _fill_like(graph, idx, np.inf)], {"axis": 1})
-    idx = parts[0] if len(parts) == 1 else _layer(graph, "Concat", parts, {"axis": 1},
-                                                   dtypes=[np.int64])
-    return _layer(graph, "ScatterElements", [_fill_like(graph, v, 0.0), idx, _fill_like(graph, idx, 1.0)], {"axis": 1})
-
-
-def _fill_like(graph: gs.Graph, t: gs.Tensor, val: float) -> gs.Variable:
-    """A float32 tensor of t's shape filled with val."""
-    shape = _layer(graph, "Shape", [t], dtypes=[np.int64])
-    return _layer(graph, "ConstantOfShape", [shape],
-                  {"value": gs.Constant("value", np.array([val], np.float32))})
+            cur = graph.scatter_elements(cur, idx, graph.fill_like(idx, np.inf))
+    idx = parts[0] if len(parts) == 1 else graph.concat(parts, axis=1)
+    return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
 
 
 def least_mask_reference(v: np.ndarray, n: int) -> np.ndarray:
@@ -70,8 +61,11 @@ def least_mask_reference(v: np.ndarray, n: int) -> np.ndarray:
 class _AdaScale(Method):
     variant = "A"
     defaults = {"lambda_": 10.0, "o": 0.05, "eps": 0.5, "k1": 1.0, "k2": 5.0, "p_min": 60.0,
-                "p_max": 90.0, "tune": False, "topk_limit": TOPK_LIMIT}
+                "p_max": 90.0, "topk_limit": TOPK_LIMIT}
+    graph_arrays = ("q_reference",)
+    tune_space = {"p_max": TUNE_GRID}
     needs_fit = True
+    needs_linear_head = True
 
     def validate(self):
         p = self.params
@@ -83,9 +77,15 @@ class _AdaScale(Method):
         if not 1 <= int(p["topk_limit"]) <= TOPK_LIMIT:
             raise EdgeoodError(f"{self.name}.topk_limit must be in [1, {TOPK_LIMIT}]")
 
-    @property
-    def needs_jigsaw(self):  # type: ignore[override]
-        return bool(self.params["tune"]) and not self.tunes_on_ood
+    def check_model(self, model):
+        d = model.head.feature_dim
+        k1n, k2n = self._k12()
+        if d < SMALL_D and k1n == 0:
+            self.warnings.append(
+                f"{self.name}: D = {d} penultimate features gives k1n = floor(D k1 / 100) = 0 "
+                f"(k2n = {k2n}), so the shift term Q vanishes and Q' = C_o alone can rank ID "
+                f"below OOD; raise k1 (e.g. --param {self.name}.k1={100.0 / d * 2:.3g}) or tune "
+                "p_max with --tune")
 
     # derived sizes
     def _k12(self):
@@ -96,35 +96,33 @@ class _AdaScale(Method):
         d = self.head.feature_dim
         return d - np.round(d * np.asarray(p, np.float64) / 100.0)
 
+    @property
+    def z_perturbed_key(self) -> str:
+        return f"{self.name}/z_perturbed"
+
     # --- the perturbation statistic Q' (shared by fit and score graphs) -----------------------
     def _q_graph(self, graph, t):
         x, logits, z = t["input"], t["logits"], t["z"]
         chw = [int(v) for v in x.shape[1:]]
         n = int(np.prod(chw) * self.params["o"])
         grad = input_gradient(graph, x, logits, self.head.num_classes, name=f"{self.name}/grad")
-        flat = _layer(graph, "Reshape", [graph.abs_(grad), np.array([0, -1], np.int64)])
+        flat = graph.reshape(graph.abs_(grad), [0, -1])
         mask = least_mask(graph, flat, n, int(self.params["topk_limit"]))
         step = graph.mul(graph.sign(grad), np.float32(self.params["eps"]))
-        shaped = _layer(graph, "Reshape", [mask, _layer(graph, "Shape", [x], dtypes=[np.int64])])
-        x_new = graph.add(x, graph.mul(step, shaped))
+        x_new = graph.add(x, graph.mul(step, graph.reshape(mask, graph.shape(x))))
         z_new = clone_between(graph, x, z, x_new)
         k1, k2 = self._k12()
         q = None
         if max(k1, k2) > 0:
             _, idx = graph.topk(z, max(k1, k2), axis=1)
             if k1 > 0:
-                i1 = _layer(graph, "Slice", [idx, np.array([0], np.int64),
-                                             np.array([k1], np.int64), np.array([1], np.int64)],
-                            dtypes=[np.int64])
+                i1 = idx if k1 == max(k1, k2) else graph.slice_(idx, 0, k1, axis=1)
                 diff = graph.abs_(graph.sub(z, z_new))
-                q = graph.mul(graph.reduce("ReduceSum", _gather(graph, diff, i1), [1]),
+                q = graph.mul(graph.reduce("ReduceSum", graph.gather_elements(diff, i1), [1]),
                               np.float32(self.params["lambda_"]))
             if k2 > 0:
-                i2 = idx if k2 >= k1 else _layer(graph, "Slice", [idx, np.array([0], np.int64),
-                                                                  np.array([k2], np.int64),
-                                                                  np.array([1], np.int64)],
-                                                 dtypes=[np.int64])
-                c_o = graph.reduce("ReduceSum", _gather(graph, graph.relu(z_new), i2), [1])
+                i2 = idx if k2 == max(k1, k2) else graph.slice_(idx, 0, k2, axis=1)
+                c_o = graph.reduce("ReduceSum", graph.gather_elements(graph.relu(z_new), i2), [1])
                 q = c_o if q is None else graph.add(q, c_o)
         if q is None:
             q = graph.mul(graph.reduce("ReduceSum", z, [1]), np.float32(0))
@@ -133,59 +131,34 @@ class _AdaScale(Method):
     # --- calibration --------------------------------------------------------------------------
     def fit_graph(self, graph, t):
         q, z_new = self._q_graph(graph, t)
-        out = {f"{self.name}/q": q}
-        if self.params["tune"]:
-            out[f"{self.name}/z_perturbed"] = z_new
-        return out
-
-    def fit_taps(self):
-        return ["z", "logits"] if self.params["tune"] else []
+        return {f"{self.name}/q": q, self.z_perturbed_key: z_new}
 
     def fit_update(self, taps, source):
-        store = self.fitted.setdefault(f"_{source}", {"q": [], "z": [], "zp": [], "logits": []})
-        store["q"].append(np.asarray(taps[f"{self.name}/q"], np.float32))
-        if self.params["tune"]:
-            store["z"].append(taps["z"])
-            store["zp"].append(taps[f"{self.name}/z_perturbed"])
-            store["logits"].append(taps["logits"])
+        if source == "id":
+            self.scratch.setdefault("q", []).append(np.asarray(taps[f"{self.name}/q"], np.float32))
 
     def fit_end(self):
-        ident = self.fitted.pop("_id")
-        against = "ood" if "_ood" in self.fitted else "jigsaw"
-        jig = self.fitted.pop(f"_{against}", None)
-        q = np.concatenate(ident["q"])
+        q = np.concatenate(self.scratch["q"])
         if len(q) > MAX_REFERENCE:
             q = np.random.default_rng(0).choice(q, MAX_REFERENCE, replace=False)
-        self.fitted["q_reference"] = np.sort(q).astype(np.float32)
-        if self.params["tune"] and jig is not None:
-            from edgeood.metrics import auroc
-            cat = lambda d: {"z": np.concatenate(d["z"]), "z_perturbed": np.concatenate(d["zp"]),  # noqa: E731
-                             "logits": np.concatenate(d["logits"])}
-            a, b = cat(ident), cat(jig)
-            grid = [p for p in TUNE_GRID if p > self.params["p_min"]]
-            results = {}
-            for p_max in grid:
-                self.params["p_max"] = p_max
-                results[p_max] = auroc(self.reference(a), self.reference(b))
-            best = max(grid, key=lambda p: (results[p], -abs(p - 90)))
-            self.params["p_max"] = best
-            self.fitted["tuning"] = {"p_max": best, "auroc": results[best],
-                                     "against": against, "grid": {str(k): v for k, v in results.items()}}
+        self.fitted["q_reference"] = np.sort(q).astype(np.float32).reshape(1, -1)
+
+    def tune_taps(self):
+        return ["z", "logits", self.z_perturbed_key]
 
     # --- scoring ------------------------------------------------------------------------------
     def taps(self):
         return ["input", "z", "logits"]
 
     def build(self, graph, t):
-        q, _ = self._q_graph(graph, t)
-        ref = np.asarray(self.fitted["q_reference"], np.float32)
+        q, z_new = self._q_graph(graph, t)
+        t[self.z_perturbed_key] = z_new
+        n_ref = self.fitted["q_reference"].size
         d = self.head.feature_dim
         p_min, p_max = self.params["p_min"], self.params["p_max"]
-        ref_c = constant(graph, ref.reshape(1, -1), "q_reference")
-        above = graph.reduce("ReduceSum", graph.cast(graph.less(graph.unsqueeze(q, [1]), ref_c)),
-                             [1], keepdims=True)                        # #{ref > q} = n (1 - F)
-        p = graph.add(graph.mul(above, np.float32((p_max - p_min) / len(ref))), np.float32(p_min))
-        k = graph.sub(np.float32(d), _layer(graph, "Round", [graph.mul(p, np.float32(d / 100.0))]))
+        above = graph.count_above(q, self.array_constant(graph, "q_reference"), keepdims=True)
+        p = graph.add(graph.mul(above, np.float32((p_max - p_min) / n_ref)), np.float32(p_min))
+        k = graph.sub(np.float32(d), graph.round_(graph.mul(p, np.float32(d / 100.0))))
         k_max = int(self._k(p_min))
         a = graph.relu(t["z"])
         top, _ = graph.topk(a, k_max, axis=1)
@@ -199,14 +172,15 @@ class _AdaScale(Method):
         return graph.logsumexp(logits, 1)
 
     def reference(self, taps):
-        """Steps 3-6 in NumPy from z, z' (the perturbed pass) and the logits."""
+        """Steps 3-6 in NumPy from z, z' (the perturbed pass, tap '<name>/z_perturbed') and
+        the logits."""
         z = np.asarray(taps["z"], np.float64)
-        zp = np.asarray(taps["z_perturbed"], np.float64)
+        zp = np.asarray(taps[self.z_perturbed_key], np.float64)
         k1, k2 = self._k12()
         order = np.argsort(-z, axis=1, kind="stable")
         q = self.params["lambda_"] * np.take_along_axis(np.abs(z - zp), order[:, :k1], 1).sum(1) \
             + np.take_along_axis(np.maximum(zp, 0), order[:, :k2], 1).sum(1)
-        ref = np.asarray(self.fitted["q_reference"], np.float64)
+        ref = np.asarray(self.fitted["q_reference"], np.float64).ravel()
         ecdf = np.searchsorted(ref, q.astype(np.float32).astype(np.float64), side="right") / len(ref)
         p = self.params["p_min"] + (1 - ecdf) * (self.params["p_max"] - self.params["p_min"])
         k = self._k(p).astype(int)
@@ -222,18 +196,18 @@ class _AdaScale(Method):
             logits = logits * (r * r)[:, None]
         return logsumexp(logits)
 
-    def describe(self):
-        d = super().describe()
-        d.pop("q_reference", None)
-        if self.model is not None:
-            d["k1n"], d["k2n"] = self._k12()
+    def derived(self):
+        k1n, k2n = self._k12()
+        out = {"k1n": k1n, "k2n": k2n}
         if "q_reference" in self.fitted:
-            d["q_reference_size"] = int(len(self.fitted["q_reference"]))
-        return d
+            out["q_reference_size"] = int(self.fitted["q_reference"].size)
+        return out
 
-
-def _gather(graph, data, idx):
-    return _layer(graph, "GatherElements", [data, idx], {"axis": 1})
+    @classmethod
+    def summary(cls, entry):
+        tuned = super().summary(entry)
+        return tuned or (f"ECDF of {entry['q_reference_size']} Q' values"
+                         if "q_reference_size" in entry else "")
 
 
 @register

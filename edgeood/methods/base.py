@@ -1,11 +1,17 @@
 """The interface every scoring method implements, and the method registry.
 
-A method never touches ONNX Runtime, files or the CLI: it says which tensors it needs, fits its
-statistics on streamed batches of those tensors, appends its scoring subgraph, and carries a
-NumPy reference of the same formula for the parity tests.
+A method never touches ONNX Runtime, files or the CLI: it declares what it needs (taps, passes
+over the data, labels, jigsaw images, a linear head, a tune space), fits its statistics on
+streamed batches of tap values, appends its scoring subgraph, carries a NumPy reference of the
+same formula, and says what it saved (describe) and how its CLI row reads (summary). Nothing
+outside its module knows its formula or its fitted keys.
 
-Tap keys: "logits", "z" (the penultimate feature vector), "input" (the graph input) or a tensor
-name of the graph (blocks).
+Tap keys: "logits", "z" (the penultimate feature vector), "input" (the graph input), "labels"
+(fit only: the ID labels, or the predictions where the data has none), a tensor name of the
+graph (blocks), or '<method>/<name>' for tensors a method computes itself.
+
+Adding a method = one new module in edgeood/methods/ with a @register'ed subclass, imported in
+edgeood/methods/__init__.py (or anywhere before create() is called).
 """
 from __future__ import annotations
 
@@ -17,46 +23,71 @@ import onnx_graphsurgeon as gs
 
 from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.graph.head import ClassifierHead
+from edgeood.graph.ops import constant
 
 REGISTRY: dict[str, type["Method"]] = {}
 
 
 @dataclass
 class ModelInfo:
-    """What a method may know about the classifier: its head and its candidate blocks."""
+    """What a method may know about the classifier: its head, its candidate blocks and the
+    names of its tensors (to validate tensor-name parameters)."""
 
     head: ClassifierHead
     candidates: list[str] = field(default_factory=list)
+    tensors: list[str] = field(default_factory=list)
+    depth: dict[str, int] = field(default_factory=dict)  # tensor -> producing node's index
 
 
 class Method:
-    """Base class. Subclasses set name, defaults, and override what they need."""
+    """Base class. Subclasses set the class attributes below and override what they need."""
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
+    defaults: ClassVar[dict[str, Any]] = {}     # hyperparameters (--param, recipes), all saved
+    fitted_keys: ClassVar[tuple[str, ...]] = ()  # statistics fit() produces, saved as JSON
+    graph_arrays: ClassVar[tuple[str, ...]] = ()  # fitted arrays saved as graph constants
+    tune_space: ClassVar[dict[str, list]] = {}  # searched by calibrate's tuner with tune=true
     needs_fit: ClassVar[bool] = False
-    needs_jigsaw: ClassVar[bool] = False
-    fit_passes: ClassVar[int] = 1  # how many times fit_update sees the ID set
-    tunes_on_ood: bool = False  # set by the API when OOD validation images are given
+    needs_jigsaw: ClassVar[bool] = False         # fit_update also sees jigsaw images (pass 0)
+    needs_labels: ClassVar[bool] = False         # fit taps carry "labels"
+    needs_linear_head: ClassVar[bool] = False    # reads W, b or z
+    fit_passes: ClassVar[int] = 1                # how many times fit_update sees the ID set
 
     def __init__(self, **params: Any):
-        unknown = [k for k in params if k not in self.defaults]
+        accepted = self.accepted_params()
+        unknown = [k for k in params if k not in accepted]
         if unknown:
             k = unknown[0]
-            known = ", ".join(self.defaults) or "none"
-            raise EdgeoodError(f"{self.name} has no parameter '{k}'{did_you_mean(k, self.defaults)}; "
+            known = ", ".join(accepted) or "none"
+            raise EdgeoodError(f"{self.name} has no parameter '{k}'{did_you_mean(k, accepted)}; "
                                f"its parameters: {known}")
-        self.params = {k: _coerce(self.name, k, v, self.defaults[k])
-                       for k, v in {**self.defaults, **params}.items()}
-        self.fitted: dict[str, Any] = {}
+        self.params = {k: _coerce(self.name, k, v, accepted[k])
+                       for k, v in {**accepted, **params}.items()}
+        self.fitted: dict[str, Any] = {}    # what is saved (fitted_keys and graph_arrays)
+        self.scratch: dict[str, Any] = {}   # fitting state, dropped by the calibration loop
+        self.tuning: dict[str, Any] | None = None  # the tuner's record (calibrate sets it)
+        self.warnings: list[str] = []       # export-time warnings, recorded in the metadata
+        self.graph_outputs: dict[str, gs.Tensor] = {}  # extra detector outputs set by build()
         self.model: ModelInfo | None = None
         self.validate()
+
+    @classmethod
+    def accepted_params(cls) -> dict[str, Any]:
+        """The hyperparameters with their defaults; `tune` where the method has a tune space."""
+        return {**cls.defaults, **({"tune": False} if cls.tune_space else {})}
 
     def validate(self) -> None:
         """Check hyperparameter ranges; raise EdgeoodError."""
 
     def bind(self, model: ModelInfo) -> None:
+        """Attach the classifier; refuse a model this method cannot score."""
+        if self.needs_linear_head:
+            model.head.require_linear(self.name)
         self.model = model
+        self.check_model(model)
+
+    def check_model(self, model: ModelInfo) -> None:
+        """Validate parameters that refer to the model (tensor names, sizes); may add warnings."""
 
     @property
     def head(self) -> ClassifierHead:
@@ -72,14 +103,24 @@ class Method:
         """Extra tensors to compute in the calibration graph, by key (default: none)."""
         return {}
 
+    def fit_inputs(self) -> dict[str, np.ndarray]:
+        """Values for graph inputs that fit_graph created (by input name), fed on every
+        calibration run; called again before each pass (statistics of an earlier pass)."""
+        return {}
+
     def fit_update(self, taps: dict[str, np.ndarray], source: str) -> None:
-        """One batch of tap values; source is "id" or "jigsaw" (the jigsaw of the same images)."""
+        """One batch of tap values; source is "id", "jigsaw" (the jigsaw of the same images)
+        or "ood" (user OOD validation images)."""
 
     def fit_pass_end(self, index: int) -> None:
         """Called after each of the method's passes over the ID set (e.g. min/max first)."""
 
     def fit_end(self) -> None:
-        """Finish the statistics after the last batch."""
+        """Finish the statistics after the last batch (scratch is cleared afterwards)."""
+
+    def tune_taps(self) -> list[str]:
+        """Tap keys reference() reads, collected on ID and pseudo-OOD data for tuning."""
+        return self.taps()
 
     # --- scoring ---------------------------------------------------------------------------
     def taps(self) -> list[str]:
@@ -87,16 +128,58 @@ class Method:
         return ["logits"]
 
     def build(self, graph: gs.Graph, t: dict[str, gs.Tensor]) -> gs.Variable:
-        """Append the scoring subgraph; return the N-vector of scores (higher = more ID)."""
+        """Append the scoring subgraph; return the N-vector of scores (higher = more ID).
+        Tensors added to `t` are kept as taps with --keep-taps; tensors put in
+        self.graph_outputs become detector outputs of that name (batch axis first)."""
         raise NotImplementedError
 
     def reference(self, taps: dict[str, np.ndarray]) -> np.ndarray:
-        """The same score in NumPy (float64), for the parity tests."""
+        """The same score in NumPy (float64), for the parity tests and the tuner."""
         raise NotImplementedError
 
+    def array_constant(self, graph: gs.Graph, key: str) -> gs.Constant:
+        """The fitted array `key` as the graph constant '<scope>/<key>' (float32, as stored),
+        the form from_metadata reads back."""
+        return constant(graph, self.fitted[key], key)
+
+    # --- what is saved and shown -----------------------------------------------------------
+    def derived(self) -> dict[str, Any]:
+        """Values computed from params and the model, shown in the metadata, never read back."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
-        """Hyperparameters and fitted choices for the metadata (JSON-serialisable)."""
-        return {**self.params, **{k: _jsonable(v) for k, v in self.fitted.items()}}
+        """The metadata entry (JSON-serialisable): params, saved statistics, derived values."""
+        saved = {k: _jsonable(self.fitted[k]) for k in self.fitted_keys if k in self.fitted}
+        out: dict[str, Any] = {**self.params, **saved}
+        if self.graph_arrays:
+            out["graph_arrays"] = {k: f"{self.name}/{k}" for k in self.graph_arrays
+                                   if k in self.fitted}
+        if self.model is not None:
+            out.update(_jsonable(self.derived()))
+        if self.tuning is not None:
+            out["tuning"] = _jsonable(self.tuning)
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
+    @classmethod
+    def summary(cls, entry: dict[str, Any]) -> str:
+        """One short phrase for the CLI's method table, from the metadata entry."""
+        tuning = entry.get("tuning")
+        if tuning:
+            chosen = ", ".join(f"{k} {tuning[k]:g}" for k in cls.tune_space if k in tuning)
+            return f"{chosen} ({tuning['against']} AUROC {tuning['auroc']:.3f})"
+        return ""
+
+    @classmethod
+    def detail_table(cls, entry: dict[str, Any]) -> tuple[str, list[str], list[list]] | None:
+        """An optional (title, columns, rows) table the CLI prints below the method table."""
+        return None
+
+    @classmethod
+    def constant_scopes(cls, entry: dict[str, Any]) -> tuple[str, ...]:
+        """Name prefixes of this method's constants in the graph (for size reports)."""
+        return (f"{cls.name}/",)
 
 
 def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
@@ -128,21 +211,31 @@ def _jsonable(v: Any) -> Any:
         return v.item()
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
     return v
 
 
 def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its name."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a name")
     REGISTRY[cls.name] = cls
     return cls
 
 
-def create(name: str, params: dict[str, Any] | None = None) -> Method:
-    """A method instance by name, with a 'did you mean' for typos."""
+def method_class(name: str) -> type[Method]:
+    """The registered class of a method, with a 'did you mean' for typos."""
     from edgeood import methods as _  # noqa: F401  (registers the built-in methods)
     if name not in REGISTRY:
         raise EdgeoodError(f"unknown method '{name}'{did_you_mean(name, REGISTRY)}; "
                            f"available: {', '.join(REGISTRY)}")
-    return REGISTRY[name](**(params or {}))
+    return REGISTRY[name]
+
+
+def create(name: str, params: dict[str, Any] | None = None) -> Method:
+    """A method instance by name."""
+    return method_class(name)(**(params or {}))
 
 
 def parse_params(items: list[str] | None) -> dict[str, dict[str, str]]:
@@ -158,15 +251,24 @@ def parse_params(items: list[str] | None) -> dict[str, dict[str, str]]:
     return out
 
 
-DERIVED_KEYS = ("threshold", "reference_size")
-
-
-def from_metadata(name: str, entry: dict[str, Any], model: ModelInfo) -> Method:
-    """Rebuild a fitted method from its metadata entry (for host-side scoring and tests)."""
-    cls = create(name).__class__
-    params = {k: v for k, v in entry.items() if k in cls.defaults}
-    m = create(name, params)
+def from_metadata(name: str, entry: dict[str, Any], model: ModelInfo,
+                  constants: dict[str, np.ndarray] | None = None) -> Method:
+    """Rebuild a fitted method from its metadata entry and, for the statistics it keeps in the
+    graph, the detector's constants (edgeood.metadata.read_constants): it then scores exactly
+    like the folded graph."""
+    cls = method_class(name)
+    m = cls(**{k: v for k, v in entry.items() if k in cls.accepted_params()})
     m.bind(model)
-    m.fitted = {k: v for k, v in entry.items()
-                if k not in cls.defaults and k not in DERIVED_KEYS}
+    m.fitted = {k: _array_or_value(entry[k]) for k in cls.fitted_keys if k in entry}
+    for key, const_name in entry.get("graph_arrays", {}).items():
+        if constants is None or const_name not in constants:
+            raise EdgeoodError(f"{name}: its fitted '{key}' lives in the detector graph as "
+                               f"'{const_name}'; pass the detector's constants")
+        m.fitted[key] = np.asarray(constants[const_name])
+    m.tuning = entry.get("tuning")
+    m.warnings = list(entry.get("warnings", []))
     return m
+
+
+def _array_or_value(v: Any) -> Any:
+    return np.asarray(v) if isinstance(v, list) and v and not isinstance(v[0], str) else v

@@ -23,6 +23,7 @@ class FeatureNorm(Method):
 
     name = "featurenorm"
     defaults = {"block": "", "candidates": []}
+    fitted_keys = ("norm_ratios", "selected_block")
     needs_fit = True
     needs_jigsaw = True
 
@@ -40,12 +41,12 @@ class FeatureNorm(Method):
         return self._candidates()
 
     def fit_update(self, taps, source):
-        store = self.fitted.setdefault(f"_{source}", {})
+        store = self.scratch.setdefault(source, {})
         for name in self._candidates():
             store.setdefault(name, []).append(feature_norm(taps[name]))
 
     def fit_end(self):
-        fn_id, fn_jig = self.fitted.pop("_id"), self.fitted.pop("_jigsaw", None)
+        fn_id, fn_jig = self.scratch["id"], self.scratch.get("jigsaw")
         ratios = {}
         for name in self._candidates():
             a = np.concatenate(fn_id[name])
@@ -74,8 +75,20 @@ class FeatureNorm(Method):
     def reference(self, taps):
         return feature_norm(taps[self.selected])
 
-    def check_block(self, names):
-        if self.params["block"] and self.params["block"] not in names:
-            b = self.params["block"]
-            raise EdgeoodError(f"featurenorm.block '{b}' is not a tensor of the graph"
-                               f"{did_you_mean(b, names)}")
+    def check_model(self, model):
+        for b in [self.params["block"], *self.params["candidates"]]:
+            if b and model.tensors and b not in model.tensors:
+                raise EdgeoodError(f"featurenorm block '{b}' is not a tensor of the graph"
+                                   f"{did_you_mean(b, model.tensors)}")
+
+    @classmethod
+    def detail_table(cls, entry):
+        ratios = entry.get("norm_ratios")
+        if not ratios:
+            return None
+        return ("FeatureNorm NormRatio per candidate block (largest is selected)",
+                ["block", "NormRatio"], [[k, v] for k, v in ratios.items()])
+
+    @classmethod
+    def summary(cls, entry):
+        return f"block {entry['selected_block']}" if entry.get("selected_block") else ""

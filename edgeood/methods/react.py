@@ -19,7 +19,9 @@ class ReAct(Method):
 
     name = "react"
     defaults = {"percentile": 90.0}
+    fitted_keys = ("threshold_activation",)
     needs_fit = True
+    needs_linear_head = True
 
     def validate(self):
         if not 0 < self.params["percentile"] <= 100:
@@ -30,14 +32,18 @@ class ReAct(Method):
 
     def fit_update(self, taps, source):
         if source == "id":
-            self.fitted.setdefault("_values", []).append(np.asarray(taps["z"], np.float32).ravel())
+            self.scratch.setdefault("values", []).append(np.asarray(taps["z"], np.float32).ravel())
 
     def fit_end(self):
-        values = np.concatenate(self.fitted.pop("_values"))
+        values = np.concatenate(self.scratch["values"])
         self.fitted["threshold_activation"] = float(np.percentile(values, self.params["percentile"]))
 
     def taps(self):
         return ["z"]
+
+    @classmethod
+    def summary(cls, entry):
+        return f"clip {entry['threshold_activation']:.4g}" if "threshold_activation" in entry else ""
 
     def build(self, graph, t):
         clipped = graph.minimum(t["z"], np.float32(self.fitted["threshold_activation"]))

@@ -20,6 +20,7 @@ class Scale(Method):
 
     name = "scale"
     defaults = {"percentile": 85.0}
+    needs_linear_head = True
 
     def validate(self):
         if not 0 <= self.params["percentile"] < 100:
@@ -28,8 +29,12 @@ class Scale(Method):
     def k(self) -> int:
         return k_from_percentile(self.head.feature_dim, self.params["percentile"])
 
-    def describe(self):
-        return {**super().describe(), "k": self.k()} if self.model else super().describe()
+    def derived(self):
+        return {"k": self.k()}
+
+    @classmethod
+    def summary(cls, entry):
+        return f"k {entry['k']}" if "k" in entry else ""
 
     def taps(self):
         return ["z", "logits"]

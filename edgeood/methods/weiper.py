@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from edgeood.errors import EdgeoodError
-from edgeood.graph.ops import _layer, constant, scope
+from edgeood.graph.ops import constant, scope
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import softmax
 
@@ -89,7 +89,9 @@ class _WeiPer(Method):
     uses_kld = False
     defaults = {"r": 0, "delta": math.nan, "n_bins": 0, "lambda1": math.nan, "lambda2": math.nan,
                 "s1": 0, "s2": 0, "seed": 0, "storage": "float32"}
+    fitted_keys = ("edges_z", "edges_L", "p_z", "p_L")
     needs_fit = True
+    needs_linear_head = True
 
     def validate(self):
         if self.params["storage"] not in ("float32", "float16"):
@@ -102,7 +104,7 @@ class _WeiPer(Method):
             cur = self.params[key]
             if cur == 0 or (isinstance(cur, float) and math.isnan(cur)):
                 self.params[key] = type(self.defaults[key])(value)
-        self.params["preset"] = preset
+        self.preset = preset
         if self.params["r"] < 1 or self.params["n_bins"] < 1:
             raise EdgeoodError(f"{self.name}: r and n_bins must be >= 1")
         self._p = None
@@ -139,14 +141,14 @@ class _WeiPer(Method):
                 pc = constant(graph, p, f"perturbation_{tag}", dtype=p.dtype)
                 if p.dtype != np.float32:
                     pc = graph.cast(pc)
-                pz = _layer(graph, "Gemm", [t["z"], pc], {"transB": 1})
-                tiled = _layer(graph, "Tile", [t["logits"], np.array([1, key[1]], np.int64)])
+                pz = graph.gemm(t["z"], pc, trans_b=True)
+                tiled = graph.tile(t["logits"], [1, key[1]])
                 shared[key] = graph.add(tiled, pz)
         return shared[key]
 
     def _graph_msp(self, graph, lt):
         c = self.head.num_classes
-        rc = _layer(graph, "Reshape", [lt, np.array([0, int(self.params["r"]), c], np.int64)])
+        rc = graph.reshape(lt, [0, int(self.params["r"]), c])
         m = graph.reduce("ReduceMax", rc, [2], keepdims=True)
         s = graph.reduce("ReduceSum", graph.exp(graph.sub(rc, m)), [2])
         return graph.reduce("ReduceMean", graph.reciprocal(s), [1])
@@ -162,28 +164,28 @@ class _WeiPer(Method):
         if source != "id" or not self.uses_kld:
             return
         z, lt = taps["z"], taps[f"{self.name}/perturbed_logits"]
-        f = self.fitted
+        f, sc = self.fitted, self.scratch
         if "edges_z" not in f:  # pass 1: global min / max
             for key, v in (("z", z), ("L", lt)):
-                f[f"_min_{key}"] = min(f.get(f"_min_{key}", np.inf), float(v.min()))
-                f[f"_max_{key}"] = max(f.get(f"_max_{key}", -np.inf), float(v.max()))
+                sc[f"min_{key}"] = min(sc.get(f"min_{key}", np.inf), float(v.min()))
+                sc[f"max_{key}"] = max(sc.get(f"max_{key}", -np.inf), float(v.max()))
             return
         for key, v in (("z", z), ("L", lt)):  # pass 2: sum of per-sample histograms
-            f[f"_sum_{key}"] = f.get(f"_sum_{key}", 0.0) + histograms(v, f[f"edges_{key}"]).sum(0)
-        f["_count"] = f.get("_count", 0) + len(z)
+            sc[f"sum_{key}"] = sc.get(f"sum_{key}", 0.0) + histograms(v, f[f"edges_{key}"]).sum(0)
+        sc["count"] = sc.get("count", 0) + len(z)
 
     def fit_pass_end(self, index):
         if index == 0:
             n = int(self.params["n_bins"])
             for key in ("z", "L"):
-                self.fitted[f"edges_{key}"] = histogram_edges(self.fitted.pop(f"_min_{key}"),
-                                                              self.fitted.pop(f"_max_{key}"), n)
+                self.fitted[f"edges_{key}"] = histogram_edges(self.scratch[f"min_{key}"],
+                                                              self.scratch[f"max_{key}"], n)
 
     def fit_end(self):
         if self.uses_kld:
-            count = self.fitted.pop("_count")
+            count = self.scratch["count"]
             for key in ("z", "L"):
-                self.fitted[f"p_{key}"] = (self.fitted.pop(f"_sum_{key}") / count).astype(np.float64)
+                self.fitted[f"p_{key}"] = (self.scratch[f"sum_{key}"] / count).astype(np.float64)
 
     # --- scoring ------------------------------------------------------------------------------
     def taps(self):
@@ -207,20 +209,17 @@ class _WeiPer(Method):
         # orientation reduces over a strided axis and measured several times slower)
         e = constant(graph, edges.reshape(1, -1, 1), f"edges_{key}")
         below = graph.reduce("ReduceSum", graph.cast(graph.less(graph.unsqueeze(v, [1]), e)), [2])
-        hi = _layer(graph, "Slice", [below, np.array([1], np.int64), np.array([n + 1], np.int64),
-                                     np.array([1], np.int64)])
-        lo = _layer(graph, "Slice", [below, np.array([0], np.int64), np.array([n], np.int64),
-                                     np.array([1], np.int64)])
+        hi = graph.slice_(below, 1, n + 1, axis=1)
+        lo = graph.slice_(below, 0, n, axis=1)
         length = self.head.feature_dim if key == "z" else \
             int(self.params["r"]) * self.head.num_classes
         q = graph.div(graph.sub(hi, lo), np.float32(length))
         if s > 1:
             left = (s - 1) // 2
             q3 = graph.unsqueeze(q, [1])
-            padded = _layer(graph, "Pad", [q3, np.array([0, 0, left, 0, 0, s - 1 - left], np.int64)],
-                            {"mode": "edge"})
-            kernel = np.full((1, 1, s), 1.0 / s, np.float32)
-            q = graph.squeeze(_layer(graph, "Conv", [padded, kernel], {"kernel_shape": [s]}), [1])
+            padded = graph.pad(q3, [0, 0, left, 0, 0, s - 1 - left], mode="edge")
+            kernel = constant(graph, np.full((1, 1, s), 1.0 / s, np.float32))
+            q = graph.squeeze(graph.conv(padded, kernel, kernel_shape=[s]), [1])
         qe = graph.add(q, np.float32(eps))
         qn = graph.div(qe, graph.reduce("ReduceSum", qe, [1], keepdims=True))
         p_train = np.asarray(self.fitted[f"p_{key}"], np.float64) + eps
@@ -246,15 +245,23 @@ class _WeiPer(Method):
         dl = sym_kl(np.asarray(f["p_L"]), hl, EPS_L)
         return -(dz + self.params["lambda1"] * dl - self.params["lambda2"] * msp)
 
-    def describe(self):
-        d = super().describe()
-        for key in ("edges_z", "edges_L", "p_z", "p_L"):
-            d.pop(key, None)
-        if self.model is not None:
-            p = self.perturbation()
-            d["perturbation_shape"] = list(p.shape)
-            d["perturbation_bytes"] = int(p.nbytes)
-        return d
+    def derived(self):
+        p = self.perturbation()
+        return {"preset": self.preset, "perturbation_shape": list(p.shape),
+                "perturbation_bytes": int(p.nbytes)}
+
+    @classmethod
+    def summary(cls, entry):
+        if "perturbation_bytes" not in entry:
+            return ""
+        r, d = entry["perturbation_shape"]
+        return (f"W~ adds {entry['perturbation_bytes'] / 1e6:.1f} MB ({r} x {d} "
+                f"{entry['storage']}, preset {entry['preset']}; shared by weiper methods with "
+                "the same seed)")
+
+    @classmethod
+    def constant_scopes(cls, entry):
+        return (f"{cls.name}/", "weiper/")
 
 
 @register

@@ -38,10 +38,13 @@ class OrtBackend:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def run(self, x: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def run(self, x: np.ndarray, outputs: list[str] | None = None,
+            extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The named outputs for the image batch x; extra feeds other (un-batched) inputs."""
         names = outputs or self.output_names
+        feeds = dict(extra or {})
         if self.fixed_batch is None or len(x) == self.fixed_batch:
-            return dict(zip(names, self.session.run(names, {self.input_name: x})))
+            return dict(zip(names, self.session.run(names, {self.input_name: x, **feeds})))
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         fb = self.fixed_batch
         for start in range(0, len(x), fb):
@@ -49,6 +52,7 @@ class OrtBackend:
             n = len(chunk)
             if n < fb:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fb - n, axis=0)])
-            for name, value in zip(names, self.session.run(names, {self.input_name: chunk})):
+            for name, value in zip(names, self.session.run(names, {self.input_name: chunk,
+                                                                   **feeds})):
                 parts[name].append(value[:n])
         return {n: np.concatenate(v) for n, v in parts.items()}

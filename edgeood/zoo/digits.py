@@ -3,8 +3,11 @@
 ID = classes 0-5 (seeded 60/20/20 train/val/test split); near-OOD = classes 6-9; far-OOD =
 patches of scikit-image's bundled photographs and textures reduced to the digits' format
 (8 x 8, grayscale, 17 grey levels), plus uniform noise. A small CNN (conv + batch norm + ReLU,
-residual Adds, a MaxPool, a strided conv, global average pooling, a linear head) is trained
-seeded on the CPU in seconds and exported to ONNX.
+residual Adds, a MaxPool, a strided conv, global average pooling, a linear head) was trained
+once with `train_cnn(load_data(0), seed=0)` (torch 2.13.0, CPU), exported with `export_module`
+and ships with the package (`data/digits_cnn.onnx`, checked against `SHIPPED_SHA256`): seeded
+CPU training is not bit-reproducible across machines (kernels differ), so a retrained model
+(`model_path(retrain=True)`, `edgeood demo --retrain`) gives numbers other than the README's.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeood.data import Preprocess
+from edgeood.errors import EdgeoodError
 from edgeood.zoo import cache_dir, save_cached
 
 ID_CLASSES = 6
@@ -23,6 +27,9 @@ PHOTOS = ["astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass",
           "moon", "page", "text", "rocket", "hubble_deep_field", "retina", "motorcycle_left",
           "horse", "clock_motion", "ihc", "cell"]
 TRAIN_VERSION = "digits-cnn-v2"
+SHIPPED = Path(__file__).parent / "data" / "digits_cnn.onnx"
+# sha256 of SHIPPED: train_cnn(load_data(0), seed=0), torch 2.13.0+cpu, export_module(m, (1, 8, 8))
+SHIPPED_SHA256 = "cb379dedf9aaefe14552b44a0455a40e32fcb0eed9b718fb71e825a60fc7f35f"
 
 
 @dataclass
@@ -142,8 +149,24 @@ def train_cnn(data: DigitsData, seed: int = 0, epochs: int = 40):
     return model.eval()
 
 
-def model_path(seed: int = 0, data: DigitsData | None = None) -> Path:
-    """The digits CNN as ONNX, trained and exported on first use and cached."""
+def shipped_model() -> Path:
+    """The digits CNN shipped with the package, after checking its sha256 (no torch needed)."""
+    try:
+        digest = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    except OSError:
+        digest = None
+    if digest != SHIPPED_SHA256:
+        what = "is missing" if digest is None else "does not match its sha256"
+        raise EdgeoodError(f"the edgeood package is damaged: {SHIPPED} {what}; reinstall edgeood "
+                           "(pip install --force-reinstall edgeood)")
+    return SHIPPED
+
+
+def model_path(seed: int = 0, data: DigitsData | None = None, retrain: bool = False) -> Path:
+    """The digits CNN as ONNX: the shipped model (seed 0), or with retrain=True (or another
+    seed) one trained here with train_cnn and cached; seed and data are used only for that."""
+    if not retrain and seed == 0:
+        return shipped_model()
     import torch
     key = hashlib.sha256(f"{TRAIN_VERSION}-{seed}-{torch.__version__}".encode()).hexdigest()[:12]
     path = cache_dir() / f"digits_cnn_{key}.onnx"

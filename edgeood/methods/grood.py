@@ -1,0 +1,371 @@
+"""GROOD (ElAraby et al., arXiv 2312.14427, TMLR 2025): nearest-neighbour distance between the
+gradient of a prototype loss and the bank of such gradients of correctly classified ID images.
+
+Calibration (labelled ID images; without labels the classifier's predictions stand in, and the
+metadata's "fit" note says so):
+- class prototypes p_c = mean z over ALL calibration images of class c;
+- the OOD prototype p_ood (`ood_prototype`):
+  mixup (default, the paper's): at block e (`mix_block`, default the candidate block whose
+  producing node is nearest half the depth of z), a_mix = lam a_e(x) + (1 - lam) P_e[c2],
+  lam = `mix_lambda` (0.5), P_e[c] the class mean of block e's un-pooled output, c2 the
+  second-highest logit class of x; a_mix is forwarded from e to z by a copy of the graph between
+  the two tensors (edgeood.graph.subgraph.clone_between, run by ONNX Runtime in the calibration
+  graph: P_e is a graph input, fed after the first pass), p_ood = mean of those z;
+  data: mean z of the OOD validation images (--ood-val); jigsaw: mean z of jigsaw images;
+- the gradient bank G: g(z) (below) of each correctly classified image (prediction == label),
+  optionally reduced to `bank_size` rows (`bank_reduce` = random subsample, or k-means centres:
+  NumPy Lloyd iterations from a k-means++ start, seeded with `seed`).
+
+Score (in the graph, float32): s_j = -||z - p_j|| over the K class prototypes and p_ood
+(K + 1 entries), pi = softmax(s), g = pi_ood (z - p_ood) / max(||z - p_ood||, 1e-12) (the closed
+form of d CE(s, y) / d p_ood for any label y that is not the OOD index), score =
+-min_i ||g - G_i||^2, exact, as ||g||^2 + min_i (||G_i||^2 - 2 g G_i) with ||G||^2 precomputed
+(one Gemm and a ReduceMin over the bank). Class distances use the same expansion (clamped at 0).
+The detector also outputs `grood_label`, the class of the nearest class prototype (int64 [N]).
+
+Deviations from the official code, documented: it approximates the nearest-neighbour search
+with faiss IVF (nprobe 4), edgeood's search is exact; its direct path takes a softmax over a
+size-1 axis (always 1, losing pi_ood), edgeood uses the softmax over the K + 1 scores.
+Classes without any calibration image get no prototype (K < C, recorded and warned; the label
+output maps back to the class index), and their block mean for the mix-up is the mean over all
+calibration images.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from edgeood.errors import EdgeoodError, did_you_mean
+from edgeood.graph.ops import constant
+from edgeood.graph.subgraph import clone_between
+from edgeood.graph.taps import resolve
+from edgeood.methods.base import Method, register
+from edgeood.progress import warn
+
+MEANS_INPUT = "grood/block_means"
+Z_MIX = "grood/z_mix"
+PROTOTYPES = ("mixup", "jigsaw", "data")
+REDUCTIONS = ("random", "kmeans")
+CHUNK = 4096
+
+
+# --- NumPy pieces (float64), shared by the fit, the reference and the tests ------------------
+def sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """||a_i - b_j||^2 for all pairs, as ||a||^2 - 2 a b^T + ||b||^2 clamped at 0 (float64)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = (a * a).sum(1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+def ood_gradient(z: np.ndarray, prototypes: np.ndarray, p_ood: np.ndarray) -> np.ndarray:
+    """g = pi_ood (z - p_ood) / max(||z - p_ood||, 1e-12), pi = softmax(-||z - p_j||) over the
+    class prototypes and p_ood: d CE(s, y) / d p_ood for every y that is not the OOD index."""
+    z = np.asarray(z, np.float64)
+    p_ood = np.asarray(p_ood, np.float64).reshape(1, -1)
+    diff = z - p_ood
+    d_ood = np.linalg.norm(diff, axis=1, keepdims=True)
+    s = -np.concatenate([np.sqrt(sq_distances(z, prototypes)), d_ood], axis=1)
+    e = np.exp(s - s.max(1, keepdims=True))
+    pi_ood = e[:, -1:] / e.sum(1, keepdims=True)
+    return pi_ood * diff / np.maximum(d_ood, 1e-12)
+
+
+def nearest_sq_distance(g: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """min_i ||g - G_i||^2 per row (exact; chunked over rows)."""
+    g, bank = np.asarray(g, np.float64), np.asarray(bank, np.float64)
+    gg, bb = (g * g).sum(1), (bank * bank).sum(1)
+    out = np.empty(len(g))
+    for s in range(0, len(g), CHUNK):
+        out[s:s + CHUNK] = gg[s:s + CHUNK] + (bb[None, :] - 2.0 * g[s:s + CHUNK] @ bank.T).min(1)
+    return out
+
+
+def _assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    cc = (centres * centres).sum(1)
+    out = np.empty(len(x), np.int64)
+    for s in range(0, len(x), CHUNK):
+        out[s:s + CHUNK] = (cc[None, :] - 2.0 * x[s:s + CHUNK] @ centres.T).argmin(1)
+    return out
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 10) -> np.ndarray:
+    """k centres of the rows of x: k-means++ start (seeded), then Lloyd iterations (empty
+    clusters keep their centre); deterministic for a seed. float64."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    idx = [int(rng.integers(n))]
+    d2 = ((x - x[idx[0]]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = d2.sum()
+        nxt = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.integers(n))
+        idx.append(nxt)
+        d2 = np.minimum(d2, ((x - x[nxt]) ** 2).sum(1))
+    centres = x[idx].copy()
+    for _ in range(iterations):
+        assign = _assign(x, centres)
+        counts = np.bincount(assign, minlength=k)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, assign, x)
+        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
+        if np.array_equal(new, centres):
+            break
+        centres = new
+    return centres
+
+
+def reduce_bank(bank: np.ndarray, size: int, how: str, seed: int, iterations: int) -> np.ndarray:
+    """The bank itself (size 0 or >= its rows), a seeded random subset of its rows (kept in
+    order), or k-means centres."""
+    if size <= 0 or size >= len(bank):
+        return bank
+    if how == "random":
+        rows = np.sort(np.random.default_rng(seed).choice(len(bank), size, replace=False))
+        return bank[rows]
+    return kmeans(bank, size, seed, iterations)
+
+
+@register
+class Grood(Method):
+    """score = -min_i ||g(z) - G_i||^2, g the gradient of the prototype cross-entropy with
+    respect to the OOD prototype (see the module docstring for the whole method)."""
+
+    name = "grood"
+    defaults = {"ood_prototype": "mixup", "mix_block": "", "mix_lambda": 0.5, "bank_size": 0,
+                "bank_reduce": "random", "seed": 0, "kmeans_iterations": 10}
+    fitted_keys = ("selected_mix_block", "correct_count", "ood_prototype_count",
+                   "missing_classes")
+    graph_arrays = ("prototypes", "class_ids", "ood_prototype", "bank", "bank_sq_norms")
+    needs_fit = True
+    needs_labels = True
+    needs_linear_head = True
+
+    # --- parameters ---------------------------------------------------------------------------
+    def validate(self):
+        p = self.params
+        if p["ood_prototype"] not in PROTOTYPES:
+            raise EdgeoodError(f"grood.ood_prototype={p['ood_prototype']!r} must be one of "
+                               f"{', '.join(PROTOTYPES)}"
+                               f"{did_you_mean(str(p['ood_prototype']), PROTOTYPES)}")
+        if p["bank_reduce"] not in REDUCTIONS:
+            raise EdgeoodError(f"grood.bank_reduce={p['bank_reduce']!r} must be random or kmeans")
+        if not 0.0 <= p["mix_lambda"] <= 1.0:
+            raise EdgeoodError(f"grood.mix_lambda={p['mix_lambda']} must be in [0, 1]")
+        if p["bank_size"] < 0 or p["kmeans_iterations"] < 1:
+            raise EdgeoodError("grood: bank_size must be >= 0 (0 = the full bank) and "
+                               "kmeans_iterations >= 1")
+
+    @property
+    def needs_jigsaw(self):  # type: ignore[override]
+        return self.params["ood_prototype"] == "jigsaw"
+
+    @property
+    def fit_passes(self):  # type: ignore[override]
+        return 2 if self.params["ood_prototype"] == "mixup" else 1
+
+    @property
+    def mixup(self) -> bool:
+        return self.params["ood_prototype"] == "mixup"
+
+    def check_model(self, model):
+        b = self.params["mix_block"]
+        if b and model.tensors and b not in model.tensors:
+            raise EdgeoodError(f"grood.mix_block '{b}' is not a tensor of the graph"
+                               f"{did_you_mean(b, model.tensors)}")
+
+    def mix_block(self) -> str:
+        """Block e of the mix-up: the param, else the candidate whose producing node index is
+        nearest half the depth of z (ties: the earlier one)."""
+        if self.fitted.get("selected_mix_block"):
+            return self.fitted["selected_mix_block"]
+        if self.params["mix_block"]:
+            return self.params["mix_block"]
+        depth, z = self.model.depth, self.head.z
+        cands = [c for c in self.model.candidates if c in depth and depth[c] < depth.get(z, -1)]
+        if not cands:
+            raise EdgeoodError("grood found no candidate block for the mix-up OOD prototype; "
+                               "set --param grood.mix_block=TENSOR, or use "
+                               "--param grood.ood_prototype=jigsaw (or data with --ood-val)")
+        half = depth[z] / 2.0
+        return min(cands, key=lambda c: (abs(depth[c] - half), depth[c]))
+
+    # --- calibration --------------------------------------------------------------------------
+    def fit_taps(self):
+        return ["z", "logits"] + ([self.mix_block()] if self.mixup else [])
+
+    def fit_graph(self, graph, t):
+        """The mix-up forward: a_mix = lam a_e + (1 - lam) P_e[c2] (P_e a graph input, c2 the
+        second of TopK(logits, 2)), cloned from block e to z."""
+        if not self.mixup:
+            return {}
+        block = resolve(graph, self.mix_block(), "grood.mix_block")
+        c = self.head.num_classes
+        means = gs.Variable(MEANS_INPUT, dtype=np.float32,
+                            shape=[c, "grood_block_c", "grood_block_h", "grood_block_w"])
+        graph.inputs.append(means)
+        _, idx = graph.topk(t["logits"], 2, axis=1)
+        c2 = graph.reshape(graph.slice_(idx, 1, 2, axis=1), [-1])
+        lam = float(self.params["mix_lambda"])
+        mixed = graph.add(graph.mul(block, np.float32(lam)),
+                          graph.mul(graph.gather(means, c2, 0), np.float32(1.0 - lam)))
+        return {Z_MIX: clone_between(graph, block, t["z"], mixed)}
+
+    def fit_inputs(self):
+        if not self.mixup:
+            return {}
+        means = self.scratch.get("block_means")
+        if means is None:  # pass 0: the mixed forward runs on zeros and is ignored
+            means = np.zeros((self.head.num_classes, 1, 1, 1), np.float32)
+        return {MEANS_INPUT: means}
+
+    def _sum(self, key, values, labels=None, classes=None):
+        v = np.asarray(values, np.float64)
+        sc = self.scratch
+        if labels is None:
+            sc[key] = sc.get(key, 0.0) + v.sum(0)
+            sc[key + "_n"] = sc.get(key + "_n", 0) + len(v)
+            return
+        if key not in sc:
+            sc[key] = np.zeros((classes, *v.shape[1:]))
+            sc[key + "_n"] = np.zeros(classes, np.int64)
+        np.add.at(sc[key], labels, v)
+        sc[key + "_n"] += np.bincount(labels, minlength=classes)
+
+    def fit_update(self, taps, source):
+        z = taps["z"]
+        if source == "jigsaw":
+            self._sum("jigsaw", z)
+            return
+        if source == "ood":
+            self._sum("ood", z)
+            return
+        if self.scratch.get("pass", 0) == 1:
+            self._sum("z_mix", taps[Z_MIX])
+            return
+        c = self.head.num_classes
+        labels = np.asarray(taps["labels"], np.int64).reshape(-1)
+        if labels.min() < 0 or labels.max() >= c:
+            raise EdgeoodError(f"grood: calibration labels must be class indices 0..{c - 1} of "
+                               f"the classifier (got {labels.min()}..{labels.max()})")
+        self._sum("class", z, labels, c)
+        correct = np.asarray(taps["logits"]).argmax(1) == labels
+        self.scratch.setdefault("correct_z", []).append(np.asarray(z, np.float32)[correct])
+        if self.mixup:
+            a = taps[self.mix_block()]
+            self._sum("block", a, labels, c)
+
+    def fit_pass_end(self, index):
+        self.scratch["pass"] = index + 1
+        if index == 0 and self.mixup:
+            sums, n = self.scratch["block"], self.scratch["block_n"]
+            overall = sums.sum(0) / max(n.sum(), 1)
+            means = np.where((n > 0).reshape(-1, *[1] * (sums.ndim - 1)),
+                             sums / np.maximum(n, 1).reshape(-1, *[1] * (sums.ndim - 1)), overall)
+            self.scratch["block_means"] = np.ascontiguousarray(means, np.float32)
+
+    def fit_end(self):
+        sc, kind = self.scratch, self.params["ood_prototype"]
+        source = {"mixup": "z_mix", "jigsaw": "jigsaw", "data": "ood"}[kind]
+        if source not in sc:
+            if kind == "data":
+                raise EdgeoodError("grood.ood_prototype=data needs OOD validation images: pass "
+                                   "--ood-val DIR, or use ood_prototype=mixup or jigsaw")
+            raise EdgeoodError(f"grood: no {source} features reached the fit (ood_prototype="
+                               f"{kind})")
+        p_ood = sc[source] / sc[source + "_n"]
+        sums, n = sc["class"], sc["class_n"]
+        ids = np.flatnonzero(n > 0)
+        prototypes = sums[ids] / n[ids, None]
+        missing = int(self.head.num_classes - len(ids))
+        if missing:
+            msg = (f"grood: {missing} of {self.head.num_classes} classes have no calibration "
+                   f"image and get no prototype ({len(ids)} prototypes); add images of every "
+                   "class")
+            self.warnings.append(msg)
+            warn(msg)
+        correct = np.concatenate(sc["correct_z"])
+        if not len(correct):
+            raise EdgeoodError("grood: no calibration image is classified correctly, so the "
+                               "gradient bank is empty; check the labels (class indices)")
+        bank = np.concatenate([ood_gradient(correct[s:s + CHUNK], prototypes, p_ood)
+                               for s in range(0, len(correct), CHUNK)])
+        bank = reduce_bank(bank, int(self.params["bank_size"]), self.params["bank_reduce"],
+                           int(self.params["seed"]), int(self.params["kmeans_iterations"]))
+        bank = bank.astype(np.float32)
+        b64 = bank.astype(np.float64)
+        self.fitted.update(
+            selected_mix_block=self.mix_block() if self.mixup else "",
+            correct_count=len(correct),
+            ood_prototype_count=sc[source + "_n"],
+            missing_classes=missing,
+            prototypes=prototypes.astype(np.float32),
+            class_ids=ids.astype(np.int64),
+            ood_prototype=p_ood.astype(np.float32).reshape(1, -1),
+            bank=bank,
+            bank_sq_norms=(b64 * b64).sum(1).astype(np.float32).reshape(1, -1),
+        )
+
+    # --- scoring ------------------------------------------------------------------------------
+    def taps(self):
+        return ["z"]
+
+    def build(self, graph, t):
+        z = t["z"]
+        f = self.fitted
+        k = len(f["prototypes"])
+        protos = self.array_constant(graph, "prototypes")
+        p64 = np.asarray(f["prototypes"], np.float64)
+        proto_sq = constant(graph, (p64 * p64).sum(1).reshape(1, -1))
+        zz = graph.reduce("ReduceSumSquare", z, [1], keepdims=True)
+        # ||z - p||^2 = ||z||^2 - 2 z p^T + ||p||^2 (one Gemm), clamped at 0
+        d2 = graph.maximum(graph.add(graph.gemm(z, protos, proto_sq, trans_b=True,
+                                                attrs={"alpha": -2.0}), zz), np.float32(0))
+        diff = graph.sub(z, self.array_constant(graph, "ood_prototype"))
+        d_ood = graph.reduce("ReduceL2", diff, [1], keepdims=True)
+        s = graph.neg(graph.concat([graph.sqrt(d2), d_ood], axis=1))
+        pi_ood = graph.slice_(graph.softmax(s, 1), k, k + 1, axis=1)
+        g = graph.mul(diff, graph.div(pi_ood, graph.maximum(d_ood, np.float32(1e-12))))
+        gg = graph.reduce("ReduceSumSquare", g, [1], keepdims=False)
+        cross = graph.gemm(g, self.array_constant(graph, "bank"),
+                           self.array_constant(graph, "bank_sq_norms"), trans_b=True,
+                           attrs={"alpha": -2.0})
+        nearest = graph.add(gg, graph.reduce("ReduceMin", cross, [1], keepdims=False))
+        ids = constant(graph, f["class_ids"], "class_ids", dtype=np.int64)
+        self.graph_outputs["grood_label"] = graph.gather(ids, graph.argmax(graph.neg(d2), 1), 0)
+        return graph.neg(nearest)
+
+    def reference(self, taps):
+        f = self.fitted
+        g = ood_gradient(taps["z"], f["prototypes"], f["ood_prototype"])
+        return -nearest_sq_distance(g, f["bank"])
+
+    def label(self, taps) -> np.ndarray:
+        """grood_label in NumPy: the class of the nearest class prototype."""
+        d = sq_distances(taps["z"], self.fitted["prototypes"])
+        return np.asarray(self.fitted["class_ids"], np.int64).reshape(-1)[d.argmin(1)]
+
+    # --- what is saved and shown --------------------------------------------------------------
+    def derived(self):
+        f = self.fitted
+        if "bank" not in f:
+            return {}
+        n, d = np.shape(f["bank"])
+        size, full = int(self.params["bank_size"]), int(f.get("correct_count", n))
+        reduction = self.params["bank_reduce"] if 0 < size < full else "none"
+        arrays = sum(int(np.asarray(f[k]).nbytes) for k in self.graph_arrays if k in f)
+        return {"bank_entries": int(n), "bank_reduction": reduction,
+                "bank_bytes": int(n * d * 4 + n * 4), "constant_bytes": arrays,
+                "prototype_count": len(f["prototypes"])}
+
+    @classmethod
+    def summary(cls, entry):
+        if "bank_entries" not in entry:
+            return ""
+        red = entry["bank_reduction"]
+        bank = f"bank {entry['bank_entries']}" + (
+            f" ({red} of {entry['correct_count']})" if red != "none" else "")
+        kind = entry["ood_prototype"]
+        where = f" at {entry['selected_mix_block']}" if kind == "mixup" else ""
+        size = entry["bank_bytes"]
+        size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+        return f"{bank}, {size}; p_ood {kind}{where}"
