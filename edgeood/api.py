@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -79,6 +80,7 @@ class ExportState:
     folded: gs.Graph | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     fit_notes: dict[str, Any] = field(default_factory=dict)
+    holdout: dict[str, np.ndarray] = field(default_factory=dict)  # method -> calibration rows
     path: Path | None = None
 
 
@@ -233,10 +235,28 @@ def bind_stage(state: ExportState) -> ExportState:
 def fit_stage(state: ExportState) -> ExportState:
     """Fit every method's statistics on the ID images (and tune where asked)."""
     req = state.request
-    if req.data is not None:
-        state.fit_notes = fit_methods(state.graph, state.head, req.methods, req.data, state.pre,
-                                      req.batch, req.seed, req.progress, req.ood_val)
+    if req.data is None:
+        return state
+    groups: dict[float, list[Method]] = {}
+    for m in req.methods:
+        groups.setdefault(float(m.calibration_holdout), []).append(m)
+    for fraction, methods in sorted(groups.items()):
+        source = req.data
+        if fraction > 0:
+            fit_idx, held = holdout_split(len(req.data), fraction, req.seed)
+            source = req.data.subset(fit_idx, f"{len(fit_idx)} fitting images")
+            for m in methods:
+                state.holdout[m.name] = held
+        state.fit_notes.update(fit_methods(state.graph, state.head, methods, source, state.pre,
+                                           req.batch, req.seed, req.progress, req.ood_val))
     return state
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fitting, held-out) positions: a seeded random split, at least one image on each side."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_held = min(n - 1, max(1, int(round(n * fraction))))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
 def fold_stage(state: ExportState) -> ExportState:
@@ -281,6 +301,9 @@ def calibrate_stage(state: ExportState) -> ExportState:
     refs = {}
     for m in methods:
         s = scored.scores[m]
+        if m in state.holdout:  # only images the method did not fit on
+            s = s[state.holdout[m]]
+            meta["methods"][m]["calibration_count"] = int(len(s))
         meta["methods"][m]["threshold"] = threshold_at(s, req.tpr)
         refs[m] = reference_scores(s, req.seed)
         meta["methods"][m]["reference_size"] = int(len(refs[m]))

@@ -120,6 +120,15 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else len(self.array)
 
+    def subset(self, index: np.ndarray, suffix: str) -> "ImageSource":
+        """The images at the given positions (in that order), named '<name> (<suffix>)'."""
+        index = np.asarray(index, dtype=np.int64)
+        pick = lambda seq: None if seq is None else (  # noqa: E731
+            [seq[i] for i in index] if isinstance(seq, list) else seq[index])
+        return ImageSource(f"{self.name} ({suffix})", files=pick(self.files),
+                           array=pick(self.array), labels=pick(self.labels),
+                           class_names=self.class_names)
+
     def batches(self, pre: Preprocess, batch_size: int) -> Iterator[Batch]:
         for start in range(0, len(self), batch_size):
             stop = min(start + batch_size, len(self))

@@ -14,7 +14,7 @@ import edgeood
 from edgeood.data import ImageSource
 from edgeood.errors import EdgeoodError
 from edgeood.metadata import read_constants
-from edgeood.methods.grood import kmeans, ood_gradient, reduce_bank
+from edgeood.methods.grood import Grood, kmeans, ood_gradient, reduce_bank
 from edgeood.runtime.ort_backend import OrtBackend
 from edgeood.zoo import digits
 from tests.conftest import fitted_methods, tap_dict
@@ -24,6 +24,13 @@ BLOCK4 = "/features/features.4/relu/Relu_output_0"  # Residual(64): 64 x 4 x 4
 
 def labelled(data) -> ImageSource:
     return ImageSource("digits-val", array=data.val[0], labels=data.val[1])
+
+
+def fitting_part(data, seed: int = 0):
+    """The val images grood fits on (the other half sets its threshold: split calibration)."""
+    from edgeood.api import holdout_split
+    fit, _ = holdout_split(len(data.val[0]), Grood.calibration_holdout, seed)
+    return data.val[0][fit], data.val[1][fit]
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +89,9 @@ def test_folded_score_and_label_equal_numpy(grood_full, digits_model, digits_dat
     assert out["grood_label"].dtype == np.int64
     # the fitted statistics themselves: prototypes = class means of all calibration z, the bank
     # = g of the correctly classified ones, ||G||^2 = the bank's squared norms
-    cal = backend.run(digits.PREPROCESS.normalize(digits_data.val[0]))
-    zc, yc = cal["tap_z"].astype(np.float64), digits_data.val[1]
+    xf, yc = fitting_part(digits_data)
+    cal = backend.run(digits.PREPROCESS.normalize(xf))
+    zc = cal["tap_z"].astype(np.float64)
     np.testing.assert_allclose(protos, [zc[yc == k].mean(0) for k in range(6)], rtol=1e-5,
                                atol=1e-5)
     ok = cal["logits"].argmax(1) == yc
@@ -102,8 +110,9 @@ def test_mixup_prototype_equals_pytorch(digits_data, tmp_path):
                          params={"grood": {"mix_block": BLOCK4, "mix_lambda": 0.3}})
     assert res.metadata["methods"]["grood"]["selected_mix_block"] == BLOCK4
     p_ood = read_constants(res.path, ("grood/",))["grood/ood_prototype"][0]
-    x = torch.from_numpy(digits.PREPROCESS.normalize(digits_data.val[0]))
-    y = torch.from_numpy(digits_data.val[1]).long()
+    xf, yf = fitting_part(digits_data)
+    x = torch.from_numpy(digits.PREPROCESS.normalize(xf))
+    y = torch.from_numpy(yf).long()
     feats = net.features
     with torch.no_grad():
         a = feats[:5](x)                       # block e: the output of features[4]
@@ -166,7 +175,8 @@ def test_jigsaw_prototype_fits(digits_model, digits_data, tmp_path):
                          recipe="digits_cnn", out=tmp_path / "j.onnx",
                          params={"grood": {"ood_prototype": "jigsaw"}})
     entry = res.metadata["methods"]["grood"]
-    assert entry["ood_prototype_count"] == len(digits_data.val[0])
+    assert entry["ood_prototype_count"] == len(fitting_part(digits_data)[0])
+    assert entry["calibration_count"] == len(digits_data.val[0]) - entry["ood_prototype_count"]
     assert entry["selected_mix_block"] == ""
 
 
@@ -178,3 +188,18 @@ def test_detector_within_tensorrt_limits_and_separates(grood_full, digits_data):
     s_id = b.run(digits.PREPROCESS.normalize(digits_data.test[0]))["score_grood"]
     s_near = b.run(digits.PREPROCESS.normalize(digits_data.near))["score_grood"]
     assert auroc(s_id, s_near) > 0.9
+
+
+def test_split_calibration_keeps_the_false_alarm_rate(digits_model, digits_data, tmp_path):
+    """grood's threshold comes from the half of the ID images it did not fit on, so its ID
+    test false-alarm rate stays within the beta-binomial 99.9% interval for that many
+    calibration images (with the bank's own images it measured 35% at a 5% target)."""
+    from edgeood.metrics import false_alarm_rate
+    from tests.conftest import false_alarm_interval
+    res = edgeood.export(digits_model, data=labelled(digits_data), methods=["grood"],
+                         recipe="digits_cnn", out=tmp_path / "s.onnx")
+    entry = res.metadata["methods"]["grood"]
+    det = edgeood.load(res.path)
+    rate = false_alarm_rate(det(digits_data.test[0]).scores["grood"], entry["threshold"])
+    lo, hi = false_alarm_interval(entry["calibration_count"], len(digits_data.test[0]))
+    assert lo <= rate <= hi, (rate, lo, hi)

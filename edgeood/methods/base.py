@@ -52,6 +52,10 @@ class Method:
     needs_labels: ClassVar[bool] = False         # fit taps carry "labels"
     needs_linear_head: ClassVar[bool] = False    # reads W, b or z
     fit_passes: ClassVar[int] = 1                # how many times fit_update sees the ID set
+    # fraction of the ID images kept out of this method's fitting and used only for its
+    # threshold and p-value reference: a method whose statistics memorise the fitting images
+    # (a nearest-neighbour bank) would otherwise score its own calibration images too high
+    calibration_holdout: ClassVar[float] = 0.0
 
     def __init__(self, **params: Any):
         accepted = self.accepted_params()

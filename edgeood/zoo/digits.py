@@ -30,6 +30,11 @@ TRAIN_VERSION = "digits-cnn-v2"
 SHIPPED = Path(__file__).parent / "data" / "digits_cnn.onnx"
 # sha256 of SHIPPED: train_cnn(load_data(0), seed=0), torch 2.13.0+cpu, export_module(m, (1, 8, 8))
 SHIPPED_SHA256 = "cb379dedf9aaefe14552b44a0455a40e32fcb0eed9b718fb71e825a60fc7f35f"
+# the same CNN fine-tuned with the intermediate-layer energy regulariser (edgeood.train):
+# samples/train_layer_energy.py's fine_tune(shipped weights, epochs 8, m_in -10, m_out -4,
+# weight 0.1, lr 1e-4, seed 0), torch 2.13.0+cpu, export_module(m, (1, 8, 8))
+REGULARISED = Path(__file__).parent / "data" / "digits_cnn_layer_energy.onnx"
+REGULARISED_SHA256 = "86aa29e6aced24bcedd17ad13f695474290fcb1c6ed60f4943cb065585657d03"
 
 
 @dataclass
@@ -149,17 +154,19 @@ def train_cnn(data: DigitsData, seed: int = 0, epochs: int = 40):
     return model.eval()
 
 
-def shipped_model() -> Path:
-    """The digits CNN shipped with the package, after checking its sha256 (no torch needed)."""
+def shipped_model(regularised: bool = False) -> Path:
+    """The digits CNN shipped with the package (or its layer-energy-regularised fine-tune),
+    after checking its sha256 (no torch needed)."""
+    path, sha = (REGULARISED, REGULARISED_SHA256) if regularised else (SHIPPED, SHIPPED_SHA256)
     try:
-        digest = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         digest = None
-    if digest != SHIPPED_SHA256:
+    if digest != sha:
         what = "is missing" if digest is None else "does not match its sha256"
-        raise EdgeoodError(f"the edgeood package is damaged: {SHIPPED} {what}; reinstall edgeood "
+        raise EdgeoodError(f"the edgeood package is damaged: {path} {what}; reinstall edgeood "
                            "(pip install --force-reinstall edgeood)")
-    return SHIPPED
+    return path
 
 
 def model_path(seed: int = 0, data: DigitsData | None = None, retrain: bool = False) -> Path:
