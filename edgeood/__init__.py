@@ -19,7 +19,16 @@ def calibrate(*args, **kwargs):  # noqa: F811
     return _calibrate(*args, **kwargs)
 
 
-def load(path, providers=None):
-    """A Detector for an exported .onnx detector (or a TensorRT engine with its sidecar)."""
+def load(path, providers=None, **options):
+    """A Detector for an exported .onnx detector (or a TensorRT engine with its sidecar);
+    options: device (cpu | cuda | tensorrt), tf32, cuda_graph, batch."""
     from edgeood.runtime import load as _load
-    return _load(path, providers)
+    return _load(path, providers, **options)
+
+
+def __getattr__(name):
+    """edgeood.StreamMonitor (the stream-level shift alarm), imported on first use."""
+    if name == "StreamMonitor":
+        from edgeood.runtime.monitor import StreamMonitor
+        return StreamMonitor
+    raise AttributeError(f"module 'edgeood' has no attribute {name!r}")

@@ -28,6 +28,7 @@ class Preprocess:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     resize: bool = True
     color: str = "RGB"  # RGB, BGR or GRAY: the channel order the model expects
+    resize_rule: str = "pil_bilinear"  # see edgeood/resize.py; the graph's rule with --input uint8
 
     def __post_init__(self):
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -50,7 +51,7 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        keys = ("size", "channels", "mean", "std", "resize", "color")
+        keys = ("size", "channels", "mean", "std", "resize", "color", "resize_rule")
         return cls(**{k: d[k] for k in keys if k in d})
 
     # --- transforms -------------------------------------------------------------------------
@@ -83,11 +84,8 @@ class Preprocess:
                 raise EdgeoodError(f"{where} is {img.shape[1]}x{img.shape[0]} but the model takes "
                                    f"{self.size[1]}x{self.size[0]}; resize the images or pass "
                                    "--imgsz to export a model for that size")
-            from PIL import Image
-            mode = "L" if self.channels == 1 else "RGB"
-            pil = Image.fromarray(img[:, :, 0] if self.channels == 1 else img, mode)
-            img = np.asarray(pil.resize((self.size[1], self.size[0]), Image.BILINEAR))
-            img = img.reshape(self.size[0], self.size[1], self.channels)
+            from edgeood.resize import resize
+            img = resize(img, self.size, self.channels, self.resize_rule)
         return img
 
     def check_float(self, x: np.ndarray, where: str = "input") -> np.ndarray:

@@ -26,3 +26,59 @@ def evaluate(detector, id_data, ood: dict, batch: int = 32, progress: bool = Fal
     if res_id.labels is not None and id_src.labels is not None:
         report["id_accuracy"] = float((res_id.labels == id_src.labels).mean())
     return report
+
+
+def evaluate_many(detectors: list, id_data, ood: dict, batch: int = 32, progress: bool = False,
+                  id_name: str | None = None, keep_scores: bool = False) -> dict:
+    """Several detectors (e.g. one model at float32 / float16 / int8) on the same ID and OOD
+    sets: each one's report (as evaluate), and per method and OOD set the side-by-side
+    AUROC / FPR@95 with the drift against the first detector, and each detector's measured
+    ID false-alarm rate at its own threshold. keep_scores: the raw scores too (for plots)."""
+    id_src = open_source(id_data, id_name)
+    oods = {name: open_source(data, name) for name, data in ood.items()}
+    labels, reports, scores = [], [], []
+    for d in detectors:
+        det = d if isinstance(d, Detector) else load(d)
+        res_id = det.run_source(id_src, batch, progress)
+        res = {name: det.run_source(src, batch, progress) for name, src in oods.items()}
+        tpr = det.metadata.get("tpr", 0.95)
+        rep = {"detector": str(det.path), "precision": det.metadata.get("precision", "float32"),
+               "id": id_src.name, "id_count": len(id_src), "tpr": tpr, "results": [],
+               "false_alarm": {m: false_alarm_rate(res_id.scores[m], thr)
+                               for m, thr in det.thresholds.items()},
+               "thresholds": det.thresholds}
+        for name, r in res.items():
+            for m in det.methods:
+                rep["results"].append({"method": m, "ood": name, "ood_count": len(oods[name]),
+                                       **summary(res_id.scores[m], r.scores[m], tpr)})
+        if id_src.labels is not None:
+            rep["id_accuracy"] = float((res_id.labels == id_src.labels).mean())
+        reports.append(rep)
+        labels.append(_label(rep, labels))
+        scores.append({"id": res_id.scores, **{n: r.scores for n, r in res.items()}})
+    rows = []
+    first = {(r["method"], r["ood"]): r for r in reports[0]["results"]}
+    for (m, o), r0 in first.items():
+        row = {"method": m, "ood": o, "auroc": [], "fpr95": [], "false_alarm": [],
+               "auroc_drift": []}
+        for rep in reports:
+            r = next((x for x in rep["results"] if x["method"] == m and x["ood"] == o), None)
+            row["auroc"].append(None if r is None else r["auroc"])
+            row["fpr95"].append(None if r is None else r["fpr95"])
+            row["false_alarm"].append(rep["false_alarm"].get(m))
+            row["auroc_drift"].append(None if r is None else r["auroc"] - r0["auroc"])
+        rows.append(row)
+    out = {"detectors": labels, "id": id_src.name, "id_count": len(id_src),
+           "reports": reports, "comparison": rows}
+    if keep_scores:
+        out["scores"] = scores
+    return out
+
+
+def _label(report: dict, taken: list[str]) -> str:
+    """A short column label: the precision, made unique with the file name when needed."""
+    from pathlib import Path
+    label = report["precision"]
+    if label in taken:
+        label = f"{label} ({Path(report['detector']).name})"
+    return label

@@ -11,20 +11,24 @@ from edgeood.graph.model import model_opset
 from edgeood.metadata import read_metadata
 from edgeood.methods.base import method_class
 
-HEAD_SCOPES = (SCORE_PREFIX, PVALUE_PREFIX, "decision", TAP_PREFIX.rstrip("_"))
+HEAD_SCOPES = (SCORE_PREFIX, PVALUE_PREFIX, "decision", TAP_PREFIX.rstrip("_"), "monitor")
 
 
 def _shape(vi) -> list:
     return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
 
 
-def describe(path) -> dict:
+def describe(path, fps: float = 30.0) -> dict:
     path = Path(path)
     meta = read_metadata(path)
     data = Path(str(path) + ".data")
     info = {"path": str(path), "file_bytes": path.stat().st_size + (data.stat().st_size
                                                                      if data.is_file() else 0),
             "metadata": meta}
+    mon = meta.get("monitor")
+    if mon:
+        info["monitor"] = {"fps": fps, "mean_time_between_false_alarms_s":
+                           mon["arl"] * mon["stride"] / fps}
     if path.suffix.lower() != ".onnx":
         return info
     model = onnx.load(str(path), load_external_data=False)
@@ -40,3 +44,32 @@ def describe(path) -> dict:
                 outputs=[{"name": o.name, "shape": _shape(o)} for o in model.graph.output],
                 opset=model_opset(model), nodes=len(model.graph.node))
     return info
+
+
+def monitor_lines(meta: dict, fps: float = 30.0) -> list[str]:
+    """The stream monitor's defaults as `edgeood inspect` prints them."""
+    from edgeood.runtime.monitor import human_duration
+    mon = meta.get("monitor")
+    if not mon:
+        return ["stream monitor: none in the metadata (re-export or calibrate with this "
+                "edgeood)"]
+    seconds = mon["arl"] * mon["stride"] / fps
+    lines = [f"stream monitor: {', '.join(mon['methods'])}, A = {mon['arl']:g} sampled frames, "
+             f"delta {mon['delta']:g}, stride {mon['stride']}; mean time between false alarms "
+             f">= {mon['arl'] * mon['stride']:g} frames = {human_duration(seconds)} at {fps:g} fps"]
+    if mon.get("n_reference"):
+        qs = ", ".join(f"{q:.3f}" for q in (mon.get("q") or {}).values())
+        ns = ", ".join(str(n) for n in mon["n_reference"].values())
+        lines.append(f"  reference n = {ns}, q(n, {mon['delta_per_method']:g}) = {qs}, bet "
+                     f"g = f / {mon['bet_scale']:.3f} (max(1, q)), largest bet "
+                     f"{mon['largest_bet']:.1f} per frame")
+    else:
+        lines.append("  not calibrated yet: q(n, delta) is set by edgeood calibrate")
+    if mon.get("in_graph"):
+        st = mon["state"]
+        lines.append(f"  folded into the graph: {st['input']['name']}{st['input']['shape']} -> "
+                     f"{st['output']['name']}{st['output']['shape']}, "
+                     f"{st['alarm']['name']}{st['alarm']['shape']} (one stream per batch slot)")
+    if mon.get("advice"):
+        lines.append(f"  note: {mon['advice']}")
+    return lines

@@ -1,4 +1,5 @@
-"""Latency profiling of a model or detector with ONNX Runtime (random input, fixed batch)."""
+"""Latency profiling of a model, detector or engine (random input, fixed batch): inference
+percentiles and throughput, the PRE / NET / POST breakdown, TensorRT per-layer times."""
 from __future__ import annotations
 
 import time
@@ -55,14 +56,110 @@ def latency_stats(ms: np.ndarray, batch: int, percentiles=(50, 90, 99)) -> dict:
 
 
 def profile(path, batch: int = 1, warmup: int = 10, iterations: int = 100, imgsz=None,
-            percentiles=(50, 90, 99), providers=None, threads: int | None = None) -> dict:
-    from edgeood.graph.model import load_model
-    from edgeood.runtime.ort_backend import OrtBackend
+            percentiles=(50, 90, 99), providers=None, threads: int | None = None,
+            device: str | None = None, tf32: bool = False, cuda_graph: bool = False,
+            layers: int = 0, frame_size=(480, 640)) -> dict:
+    """Latency of one model, detector or engine: percentiles and throughput of the inference
+    (as always), and for detectors the PRE / NET / POST breakdown (host preprocessing of uint8
+    camera frames of frame_size, inference, host post-processing into per-image results); with
+    a TensorRT engine and layers > 0 also the `layers` slowest layers from TensorRT's profiler."""
     if batch < 1 or iterations < 1 or warmup < 0:
         raise EdgeoodError("--batch and --iterations must be >= 1 and --warmup >= 0")
-    load_model(path)  # clear error for missing/corrupt files
-    backend = OrtBackend(Path(path), providers, threads)
+    backend, meta = open_backend(Path(path), providers, threads, device, tf32, cuda_graph, batch)
     x = input_for(backend, batch, imgsz)
     ms = time_runs(lambda: backend.run(x), warmup, iterations)
-    return {"model": str(path), "batch": batch, "providers": backend.providers,
-            **latency_stats(ms, batch, percentiles)}
+    res = {"model": str(path), "batch": batch, "providers": backend.providers,
+           **latency_stats(ms, batch, percentiles)}
+    res["runs_on"] = getattr(backend, "runs_on", backend.providers[0])
+    res["target"] = getattr(backend, "target", None)
+    if meta is not None and "preprocessing" in meta:
+        res["stages"] = stage_breakdown(backend, meta, batch, warmup, iterations, percentiles,
+                                        frame_size)
+    if layers and hasattr(backend, "layer_times"):
+        times = backend.layer_times(x, iterations)
+        res["layers"] = [{"layer": k, "ms": v} for k, v in
+                         sorted(times.items(), key=lambda kv: -kv[1])[:layers]]
+        res["layers_total_ms"] = float(sum(times.values()))
+    return res
+
+
+def open_backend(path: Path, providers=None, threads: int | None = None,
+                 device: str | None = None, tf32: bool = False, cuda_graph: bool = False,
+                 batch: int | None = None):
+    """(backend, metadata or None) for a plain model, a detector or an engine."""
+    from edgeood.runtime import ENGINE_SUFFIXES, backend_for, engine_metadata
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        meta = engine_metadata(path)
+        return backend_for(path, meta, device=device, cuda_graph=cuda_graph), meta
+    from edgeood.graph.model import load_model
+    from edgeood.metadata import KEY
+    from edgeood.runtime.ort_backend import OrtBackend
+    model = load_model(path)  # clear error for missing/corrupt files
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = None
+    if KEY in props:
+        import json
+        meta = json.loads(props[KEY])
+    backend = OrtBackend(path, providers, threads, device=device, tf32=tf32,
+                         cuda_graph=cuda_graph, report_fallback=True, graph_batch=batch,
+                         precision=str((meta or {}).get("precision", "float32")))
+    return backend, meta
+
+
+def frames_for(pre, batch: int, frame_size=(480, 640), seed: int = 0) -> np.ndarray:
+    """uint8 camera-like frames (N x H x W x C) for the host preprocessing step."""
+    h, w = frame_size if pre.resize else pre.size
+    return np.random.default_rng(seed).integers(0, 256, (batch, h, w, pre.channels),
+                                                dtype=np.uint8)
+
+
+def stage_breakdown(backend, meta: dict, batch: int, warmup: int, iterations: int,
+                    percentiles=(50, 90, 99), frame_size=(480, 640)) -> dict:
+    """PRE (uint8 frames -> the input batch, on the host), NET (backend.run) and POST (outputs
+    -> Detection -> per-image rows), each timed per batch over the same iterations."""
+    from edgeood.data import Preprocess, open_source
+    from edgeood.runtime.detector import Detection
+    pre = Preprocess.from_dict(meta["preprocessing"])
+    frames = frames_for(pre, batch, frame_size)
+    in_graph = getattr(backend, "image_input", None) is not None
+    names = backend.output_names
+    if "logits" not in names:
+        return {}
+
+    def host_pre() -> np.ndarray:
+        if in_graph:  # --input uint8: the graph resizes and normalises
+            return np.ascontiguousarray(frames)
+        return next(open_source(frames, "frames").batches(pre, batch)).x
+
+    def host_post(out: dict) -> list:
+        det = Detection(logits=out["logits"],
+                        scores={n[6:]: out[n] for n in names if n.startswith("score_")},
+                        pvalues={n[7:]: out[n] for n in names if n.startswith("pvalue_")},
+                        is_ood=out.get("is_ood"))
+        return det.rows()
+
+    for _ in range(warmup):
+        host_post(backend.run(host_pre()))
+    times = np.empty((3, iterations))
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        xb = host_pre()
+        t1 = time.perf_counter()
+        out = backend.run(xb)
+        t2 = time.perf_counter()
+        host_post(out)
+        t3 = time.perf_counter()
+        times[:, i] = (t1 - t0, t2 - t1, t3 - t2)
+    times *= 1e3
+    stages = {}
+    for key, row in zip(("pre", "net", "post"), times):
+        stats = {f"p{p:g}": float(np.percentile(row, p)) for p in percentiles}
+        stats["mean"] = float(row.mean())
+        stages[key] = stats
+    total = times.sum(axis=0)
+    stages["total"] = {**{f"p{p:g}": float(np.percentile(total, p)) for p in percentiles},
+                       "mean": float(total.mean())}
+    stages["throughput_ips"] = float(batch * 1e3 / total.mean())
+    stages["frames"] = f"{frames.shape[2]}x{frames.shape[1]} uint8" + \
+        (" (preprocessed in the graph)" if in_graph else "")
+    return stages

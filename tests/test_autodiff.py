@@ -321,7 +321,6 @@ def test_adascale_on_a_fixed_batch_1_model(tmp_path):
     import edgeood
     from edgeood.graph.head import ClassifierHead
     from edgeood.methods import ModelInfo, create
-    from edgeood.methods.adascale import least_mask_reference
     torch.manual_seed(0)
     net = _SmallCnn().eval()
     with torch.no_grad():
@@ -348,18 +347,6 @@ def test_adascale_on_a_fixed_batch_1_model(tmp_path):
     m.bind(ModelInfo(ClassifierHead("z", "logits", w, b, "Gemm")))
     init = {i.name: i for i in onnx.load(str(res.path)).graph.initializer}
     m.fitted["q_reference"] = numpy_helper.to_array(init["adascale_a/q_reference"]).ravel()
-    net64 = net.double()
-    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
-    logits = net64(xt)
-    logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
-    g = xt.grad.numpy()
-    n = int(np.prod(x.shape[1:]) * m.params["o"])
-    mask = least_mask_reference(np.abs(g).reshape(len(x), -1), n).reshape(x.shape)
-    xp = x.astype(np.float64) + m.params["eps"] * np.sign(g) * mask
-    with torch.no_grad():
-        z = net64.embed(torch.from_numpy(x.astype(np.float64))).numpy()
-        zp = net64.embed(torch.from_numpy(xp)).numpy()
-    taps = {"z": z, "z_perturbed": zp, "adascale_a/z_perturbed": zp,  # old and new tap names
-            "logits": logits.detach().numpy()}
-    want = m.reference(taps)
+    from tests.test_adascale import torch_adascale
+    want = torch_adascale(net, lambda t: net.embed(t), x, m, w, b)
     assert np.abs(got - want).max() / max(1.0, np.abs(want).max()) <= 1e-4, (got, want)

@@ -222,12 +222,20 @@ def fill_like(self, x, value: float):
 
 
 @gs.Graph.register()
-def gemm(self, a, b, c=None, trans_b: bool = False, attrs: dict | None = None):
-    """a @ b (b transposed with trans_b) + c, as one Gemm node."""
+def gemm(self, a, b, c=None, trans_b: bool = False, attrs: dict | None = None, dtype=F32):
+    """a @ b (b transposed with trans_b) + c, as one Gemm node (of dtype: float16 operands
+    give a float16 result)."""
     attrs = dict(attrs or {})
     if trans_b:
         attrs["transB"] = 1
-    return _layer(self, "Gemm", [a, b] + ([c] if c is not None else []), attrs)
+    return _layer(self, "Gemm", [a, b] + ([c] if c is not None else []), attrs, dtypes=[dtype])
+
+
+@gs.Graph.register()
+def dequantize(self, q, scale, axis: int = 1):
+    """float32 (q - 0) * scale, per tensor (scalar scale) or per channel along axis; no zero
+    point (symmetric int8, the form TensorRT's explicit quantization takes)."""
+    return _layer(self, "DequantizeLinear", [q, scale], {"axis": int(axis)})
 
 
 @gs.Graph.register()
@@ -277,3 +285,22 @@ def count_above(self, s, reference, keepdims: bool = False):
 def _dtype_of(t) -> type:
     dtype = getattr(t, "dtype", None)
     return np.dtype(dtype).type if dtype is not None else F32
+
+
+# --- in-graph preprocessing (camera frames in: edgeood/graph/preprocess.py) ------------------
+@gs.Graph.register()
+def transpose(self, x, perm: Sequence[int]):
+    """Permute the axes of x (e.g. N x H x W x C -> N x C x H x W with perm 0, 3, 1, 2)."""
+    return _layer(self, "Transpose", [x], {"perm": [int(p) for p in perm]},
+                  dtypes=[_dtype_of(x)])
+
+
+@gs.Graph.register()
+def resize(self, x, sizes, mode: str = "linear",
+           coordinate_transformation_mode: str = "half_pixel"):
+    """ONNX Resize of x to `sizes` (an int64 tensor with the whole output shape), no roi or
+    scales, no antialiasing (TensorRT's resize layer has none)."""
+    empty = gs.Variable.empty
+    return _layer(self, "Resize", [x, empty(), empty(), sizes],
+                  {"mode": mode, "coordinate_transformation_mode": coordinate_transformation_mode},
+                  dtypes=[_dtype_of(x)])

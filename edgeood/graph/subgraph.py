@@ -2,6 +2,7 @@
 (the perturbed second forward pass of AdaSCALE). Constants are shared, not copied."""
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from edgeood.graph.ops import _prefix
@@ -26,7 +27,9 @@ def nodes_between(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor) -> list[gs.Node]:
 
 def clone_between(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor, x_new: gs.Tensor) -> gs.Variable:
     """y computed again from x_new by copies of the nodes between x and y. Tensors derived from
-    Shape(x) are reused: x_new must have x's shape."""
+    Shape(x) are reused: x_new must have x's shape. A float32 tap that is a Cast of a float16
+    tensor (edgeood.graph.precision.to_half) starts the copy at that tensor, x_new cast to it."""
+    x, x_new = _through_float32_tap(graph, x, y, x_new)
     mapping = {x.name: x_new}
     existing = set(graph.tensors())
     prefix = _prefix(graph)
@@ -42,3 +45,13 @@ def clone_between(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor, x_new: gs.Tensor)
                                    inputs=[mapping.get(t.name, t) for t in node.inputs],
                                    outputs=outs, domain=node.domain))
     return mapping[y.name]
+
+
+def _through_float32_tap(graph: gs.Graph, x: gs.Tensor, y: gs.Tensor, x_new: gs.Tensor):
+    cast = x.inputs[0] if x.inputs else None
+    if cast is None or cast.op != "Cast" or nodes_between(graph, x, y):
+        return x, x_new
+    src = cast.inputs[0]
+    if src.dtype is None or np.dtype(src.dtype) != np.float16:
+        return x, x_new
+    return src, graph.cast(x_new, np.float16)

@@ -31,6 +31,9 @@ from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import logsumexp
 
 TUNE_GRID = [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0]
+# over a float16 / int8 backbone: the gradient and second pass on a float32 copy, or in the
+# backbone's precision (see _AdaScale._gradient)
+PASS_PRECISIONS = ("float32", "backbone")
 SMALL_D = 100  # below this, floor(D k1 / 100) = 0 at the default k1 = 1
 
 
@@ -61,7 +64,7 @@ def least_mask_reference(v: np.ndarray, n: int) -> np.ndarray:
 class _AdaScale(Method):
     variant = "A"
     defaults = {"lambda_": 10.0, "o": 0.05, "eps": 0.5, "k1": 1.0, "k2": 5.0, "p_min": 60.0,
-                "p_max": 90.0, "topk_limit": TOPK_LIMIT}
+                "p_max": 90.0, "topk_limit": TOPK_LIMIT, "pass_precision": "float32"}
     graph_arrays = ("q_reference",)
     tune_space = {"p_max": TUNE_GRID}
     needs_fit = True
@@ -76,6 +79,9 @@ class _AdaScale(Method):
             raise EdgeoodError(f"{self.name}: o must be in (0, 1], k1 and k2 in [0, 100]")
         if not 1 <= int(p["topk_limit"]) <= TOPK_LIMIT:
             raise EdgeoodError(f"{self.name}.topk_limit must be in [1, {TOPK_LIMIT}]")
+        if p["pass_precision"] not in PASS_PRECISIONS:
+            raise EdgeoodError(f"{self.name}.pass_precision must be one of "
+                               f"{', '.join(PASS_PRECISIONS)}")
 
     def check_model(self, model):
         d = model.head.feature_dim
@@ -100,17 +106,31 @@ class _AdaScale(Method):
     def z_perturbed_key(self) -> str:
         return f"{self.name}/z_perturbed"
 
+    @property
+    def z_first_key(self) -> str:
+        """z of the float32 first pass that Q compares z' with (float32 passes over a float16
+        or int8 backbone); else Q reads the backbone's own z."""
+        return f"{self.name}/z_first"
+
+    def _float32_passes(self) -> bool:
+        precision = self.model.precision if self.model is not None else "float32"
+        return precision != "float32" and self.params["pass_precision"] == "float32"
+
     # --- the perturbation statistic Q' (shared by fit and score graphs) -----------------------
     def _q_graph(self, graph, t):
         x, logits, z = t["input"], t["logits"], t["z"]
         chw = [int(v) for v in x.shape[1:]]
         n = int(np.prod(chw) * self.params["o"])
-        grad = input_gradient(graph, x, logits, self.head.num_classes, name=f"{self.name}/grad")
+        grad, z32 = self._gradient(graph, x, logits, z)
         flat = graph.reshape(graph.abs_(grad), [0, -1])
         mask = least_mask(graph, flat, n, int(self.params["topk_limit"]))
         step = graph.mul(graph.sign(grad), np.float32(self.params["eps"]))
         x_new = graph.add(x, graph.mul(step, graph.reshape(mask, graph.shape(x))))
-        z_new = clone_between(graph, x, z, x_new)
+        if z32 is not None:  # float32 second pass over the float32 copy; Q against its z
+            z_new = clone_between(graph, x, z32, x_new)
+            t[self.z_first_key] = z = z32
+        else:
+            z_new = clone_between(graph, x, z, x_new)
         k1, k2 = self._k12()
         q = None
         if max(k1, k2) > 0:
@@ -128,10 +148,36 @@ class _AdaScale(Method):
             q = graph.mul(graph.reduce("ReduceSum", z, [1]), np.float32(0))
         return q, z_new
 
+    def _gradient(self, graph, x, logits, z):
+        """(g, z of the float32 copy or None). Over a float16 / int8 backbone autodiff runs on
+        a float32 copy of it (edgeood.graph.precision.float32_copy: the reduced weights upcast
+        or dequantized). pass_precision=float32 keeps the gradient and the second pass on that
+        copy; backbone runs the gradient in float16 (float16 backbone; an int8 one has no int8
+        backward, so float32) and the second pass on the backbone itself."""
+        precision = self.model.precision if self.model is not None else "float32"
+        if precision == "float32":
+            return input_gradient(graph, x, logits, self.head.num_classes,
+                                  name=f"{self.name}/grad"), None
+        from edgeood.graph.precision import float32_copy, to_half
+        before = {id(n) for n in graph.nodes}
+        logits32, z32 = float32_copy(graph, x, [logits, z], f"{self.name}/float32")
+        grad = input_gradient(graph, x, logits32, self.head.num_classes,
+                              name=f"{self.name}/grad")
+        if self._float32_passes():
+            return grad, z32
+        if precision == "float16":
+            graph.toposort()
+            to_half(graph, [n for n in graph.nodes if id(n) not in before], keep_names=False,
+                    keep=(grad,))
+        return grad, None
+
     # --- calibration --------------------------------------------------------------------------
     def fit_graph(self, graph, t):
         q, z_new = self._q_graph(graph, t)
-        return {f"{self.name}/q": q, self.z_perturbed_key: z_new}
+        out = {f"{self.name}/q": q, self.z_perturbed_key: z_new}
+        if self.z_first_key in t:
+            out[self.z_first_key] = t[self.z_first_key]
+        return out
 
     def fit_update(self, taps, source):
         if source == "id":
@@ -144,7 +190,8 @@ class _AdaScale(Method):
         self.fitted["q_reference"] = np.sort(q).astype(np.float32).reshape(1, -1)
 
     def tune_taps(self):
-        return ["z", "logits", self.z_perturbed_key]
+        return ["z", "logits", self.z_perturbed_key] + \
+            ([self.z_first_key] if self._float32_passes() else [])
 
     # --- scoring ------------------------------------------------------------------------------
     def taps(self):
@@ -176,9 +223,10 @@ class _AdaScale(Method):
         the logits."""
         z = np.asarray(taps["z"], np.float64)
         zp = np.asarray(taps[self.z_perturbed_key], np.float64)
+        z1 = np.asarray(taps.get(self.z_first_key, z), np.float64)  # Q's first pass
         k1, k2 = self._k12()
-        order = np.argsort(-z, axis=1, kind="stable")
-        q = self.params["lambda_"] * np.take_along_axis(np.abs(z - zp), order[:, :k1], 1).sum(1) \
+        order = np.argsort(-z1, axis=1, kind="stable")
+        q = self.params["lambda_"] * np.take_along_axis(np.abs(z1 - zp), order[:, :k1], 1).sum(1) \
             + np.take_along_axis(np.maximum(zp, 0), order[:, :k2], 1).sum(1)
         ref = np.asarray(self.fitted["q_reference"], np.float64).ravel()
         ecdf = np.searchsorted(ref, q.astype(np.float32).astype(np.float64), side="right") / len(ref)

@@ -37,6 +37,7 @@ class ModelInfo:
     candidates: list[str] = field(default_factory=list)
     tensors: list[str] = field(default_factory=list)
     depth: dict[str, int] = field(default_factory=dict)  # tensor -> producing node's index
+    precision: str = "float32"  # the backbone's: float32, float16 or int8 (taps are float32)
 
 
 class Method:

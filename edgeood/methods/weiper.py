@@ -37,6 +37,7 @@ PRESETS = {
 }
 KEYS = ("r", "delta", "n_bins", "lambda1", "lambda2", "s1", "s2")
 EPS_Z, EPS_L = 0.01, 0.025
+STORAGES = ("float32", "float16", "int8")  # int8: weight-only, DequantizeLinear per row
 
 
 def preset_for(num_classes: int) -> str:
@@ -53,6 +54,14 @@ def perturbation(weight: np.ndarray, r: int, delta: float, seed: int) -> np.ndar
         n = rng.standard_normal((c, d))
         out[i * c:(i + 1) * c] = delta * norms * n / np.linalg.norm(n, axis=1, keepdims=True)
     return out
+
+
+def quantize_rows(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric int8 (no zero point): (q int8, scale float32), p ~ q * scale."""
+    amax = np.abs(p.astype(np.float32)).max(axis=1)
+    scale = (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32)
+    q = np.clip(np.round(p.astype(np.float32) / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
 
 
 def histogram_edges(lo: float, hi: float, n_bins: int) -> np.ndarray:
@@ -88,14 +97,17 @@ def sym_kl(p_train: np.ndarray, q: np.ndarray, eps: float) -> np.ndarray:
 class _WeiPer(Method):
     uses_kld = False
     defaults = {"r": 0, "delta": math.nan, "n_bins": 0, "lambda1": math.nan, "lambda2": math.nan,
-                "s1": 0, "s2": 0, "seed": 0, "storage": "float32"}
+                "s1": 0, "s2": 0, "seed": 0, "storage": "float32", "projection": "float32"}
     fitted_keys = ("edges_z", "edges_L", "p_z", "p_L")
     needs_fit = True
     needs_linear_head = True
 
     def validate(self):
-        if self.params["storage"] not in ("float32", "float16"):
-            raise EdgeoodError(f"{self.name}.storage must be float32 or float16")
+        if self.params["storage"] not in STORAGES:
+            raise EdgeoodError(f"{self.name}.storage must be one of {', '.join(STORAGES)}")
+        if self.params["projection"] not in ("float32", "backbone"):
+            raise EdgeoodError(f"{self.name}.projection must be float32 or backbone (the "
+                               "backbone's precision: a float16 Gemm on a --half detector)")
 
     def bind(self, model):
         super().bind(model)
@@ -119,7 +131,14 @@ class _WeiPer(Method):
                                    float(self.params["delta"]), int(self.params["seed"]))
             if self.params["storage"] == "float16":
                 self._p = self._p.astype(np.float16)
+            elif self.params["storage"] == "int8":  # weight-only, per-row symmetric
+                self._q = quantize_rows(self._p)
+                self._p = self._q[0].astype(np.float32) * self._q[1][:, None]
         return self._p
+
+    def _half_projection(self) -> bool:
+        precision = self.model.precision if self.model is not None else "float32"
+        return self.params["projection"] == "backbone" and precision == "float16"
 
     def perturbed_logits(self, z, logits) -> np.ndarray:
         """L~ = tile(logits, r) + z P^T (float64 reference)."""
@@ -132,16 +151,30 @@ class _WeiPer(Method):
         """L~ = tile(logits, r) + z P^T. weiper_msp and weiper_kld with the same (seed, r,
         delta, storage) share one perturbation constant and one projection per graph."""
         key = (int(self.params["seed"]), int(self.params["r"]), float(self.params["delta"]),
-               self.params["storage"])
+               self.params["storage"]) + (("float16",) if self._half_projection() else ())
         shared = graph.__dict__.setdefault("_edgeood_weiper", {})
         if key not in shared:
             p = self.perturbation()
-            tag = hashlib.sha256(repr(key).encode()).hexdigest()[:8]
+            tag = hashlib.sha256(repr(key[:4]).encode()).hexdigest()[:8]
+            half = self._half_projection()
             with scope(graph, "weiper"):
-                pc = constant(graph, p, f"perturbation_{tag}", dtype=p.dtype)
-                if p.dtype != np.float32:
-                    pc = graph.cast(pc)
-                pz = graph.gemm(t["z"], pc, trans_b=True)
+                if self.params["storage"] == "int8":
+                    q, s = self._q
+                    pc = graph.dequantize(constant(graph, q, f"perturbation_{tag}", np.int8),
+                                          constant(graph, s, f"perturbation_{tag}_scale"), 0)
+                    if half:
+                        pc = graph.cast(pc, np.float16)
+                elif half:  # float16 Gemm over a float16 backbone (weights stored float16)
+                    pc = constant(graph, p, f"perturbation_{tag}", dtype=np.float16)
+                else:
+                    pc = constant(graph, p, f"perturbation_{tag}", dtype=p.dtype)
+                    if p.dtype != np.float32:
+                        pc = graph.cast(pc)
+                if half:
+                    pz = graph.cast(graph.gemm(graph.cast(t["z"], np.float16), pc, trans_b=True,
+                                               dtype=np.float16))
+                else:
+                    pz = graph.gemm(t["z"], pc, trans_b=True)
                 tiled = graph.tile(t["logits"], [1, key[1]])
                 shared[key] = graph.add(tiled, pz)
         return shared[key]
@@ -247,8 +280,11 @@ class _WeiPer(Method):
 
     def derived(self):
         p = self.perturbation()
+        stored = p.size + 4 * p.shape[0] if self.params["storage"] == "int8" else \
+            int(p.size * (2 if self._half_projection() else p.itemsize))
         return {"preset": self.preset, "perturbation_shape": list(p.shape),
-                "perturbation_bytes": int(p.nbytes)}
+                "perturbation_bytes": int(stored),
+                "projection_dtype": "float16" if self._half_projection() else "float32"}
 
     @classmethod
     def summary(cls, entry):

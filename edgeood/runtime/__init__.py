@@ -10,17 +10,55 @@ from edgeood.runtime.detector import Detection, Detector  # noqa: F401
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-def load(path, providers: list[str] | None = None) -> Detector:
+def load(path, providers: list | None = None, device: str | None = None, tf32: bool = False,
+         cuda_graph: bool = False, batch: int | None = None) -> Detector:
+    """A Detector for a detector file, its backend chosen from the file: an .onnx detector
+    runs on ONNX Runtime (device: cpu | cuda | tensorrt, default the CUDA provider where a
+    session gets it, else the CPU), an engine (.engine / .plan / .trt with its sidecar) on
+    TensorRT. tf32: allow TF32 on the GPU; cuda_graph: replay one captured CUDA graph (fixed
+    shapes; batch: the batch to capture for a dynamic-batch .onnx detector)."""
     path = Path(path)
-    if path.suffix.lower() in ENGINE_SUFFIXES:
-        from edgeood.runtime.tensorrt_backend import TensorRTBackend
-        if not sidecar_path(path).is_file():
-            raise EdgeoodError(f"{path} has no {sidecar_path(path).name} sidecar; keep the JSON "
-                               "written by edgeood build next to the engine")
-        return Detector(TensorRTBackend(path), read_metadata(path), path)
-    if path.suffix.lower() != ".onnx":
+    if path.suffix.lower() not in (".onnx", *ENGINE_SUFFIXES):
         raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
                            f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
-    meta = read_metadata(path)
+    meta = read_metadata(path) if path.suffix.lower() == ".onnx" else engine_metadata(path)
+    backend = backend_for(path, meta, providers, device, tf32, cuda_graph, batch)
+    return Detector(backend, meta, path)
+
+
+def engine_metadata(path: Path) -> dict:
+    """An engine's sidecar, refused in one line when missing or not written by edgeood build
+    (checked before TensorRT is needed)."""
+    from edgeood.runtime.tensorrt_backend import engine_section
+    if not path.is_file():
+        raise EdgeoodError(f"{path}: no such file; build an engine with edgeood build "
+                           "DETECTOR.onnx")
+    if not sidecar_path(path).is_file():
+        engine_section(path, None)  # raises: no sidecar
+    try:
+        meta = read_metadata(path)
+    except ValueError:
+        raise EdgeoodError(f"{sidecar_path(path)} is not valid JSON; rebuild the engine with "
+                           "edgeood build") from None
+    engine_section(path, meta)
+    return meta
+
+
+def backend_for(path: Path, meta: dict, providers: list | None = None,
+                device: str | None = None, tf32: bool = False, cuda_graph: bool = False,
+                batch: int | None = None):
+    """The backend that runs this file (edgeood.runtime.backend.Backend)."""
+    suffix = path.suffix.lower()
+    if suffix in ENGINE_SUFFIXES:
+        if device not in (None, "gpu") and not str(device).startswith("dla"):
+            raise EdgeoodError(f"--device {device} applies to .onnx detectors; {path.name} is a "
+                               "TensorRT engine and runs on the device it was built for")
+        from edgeood.runtime.tensorrt_backend import TensorRTBackend
+        return TensorRTBackend(path, meta, cuda_graph=cuda_graph)
+    if suffix != ".onnx":
+        raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
+                           f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
     from edgeood.runtime.ort_backend import OrtBackend
-    return Detector(OrtBackend(path, providers), meta, path)
+    return OrtBackend(path, providers, device=device, tf32=tf32, cuda_graph=cuda_graph,
+                      precision=str(meta.get("precision", "float32")),
+                      report_fallback=True, graph_batch=batch)

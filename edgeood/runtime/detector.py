@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeood.data import ImageSource, Preprocess, open_source
 from edgeood.runtime.batches import run_over
+from edgeood.runtime.frames import run_frames, takes_frames
 
 
 @dataclass
@@ -54,6 +55,11 @@ class Detector:
     def __init__(self, backend, metadata: dict[str, Any], path: Path | None = None):
         self.backend, self.metadata, self.path = backend, metadata, path
         self.preprocess = Preprocess.from_dict(metadata["preprocessing"])
+        from edgeood.runtime.backend import target_mismatch
+        self.target_note = target_mismatch(metadata, getattr(backend, "target", None))
+        if self.target_note:  # said once, when the detector is loaded
+            from edgeood.progress import warn
+            warn(self.target_note)
 
     @property
     def methods(self) -> list[str]:
@@ -76,8 +82,12 @@ class Detector:
     def run_source(self, source: ImageSource, batch_size: int = 32,
                    progress: bool = False) -> Detection:
         names = self.backend.output_names
-        out = run_over(self.backend, source, self.preprocess, batch_size, names, "running",
-                       progress)
+        if takes_frames(self.backend, source):  # --input uint8: frames as they are
+            out = run_frames(self.backend, source, self.preprocess, batch_size, names,
+                             "running", progress)
+        else:
+            out = run_over(self.backend, source, self.preprocess, batch_size, names, "running",
+                           progress)
         return Detection(
             logits=out["logits"],
             scores={n[6:]: out[n] for n in names if n.startswith("score_")},

@@ -6,19 +6,26 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-def default_providers() -> list[str]:
-    available = set(ort.get_available_providers())
-    return [p for p in PREFERRED_PROVIDERS if p in available]
+from edgeood.conventions import IMAGE_INPUT, MONITOR_STATE
+from edgeood.errors import EdgeoodError
+from edgeood.runtime.providers import (CPU, GPU_PROVIDERS, PROVIDER_DEVICE, TENSORRT,  # noqa: F401
+                                       cpu_fallback, default_providers, describe_fallback,
+                                       ensure_cache_folders, provider_specs, runs_on)
 
 
 class OrtBackend:
     """Runs an ONNX model (a path or serialized bytes) with ONNX Runtime."""
 
-    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None,
-                 threads: int | None = None, config: dict[str, str] | None = None):
+    def __init__(self, model: str | Path | bytes, providers: list | None = None,
+                 threads: int | None = None, config: dict[str, str] | None = None,
+                 device: str | None = None, tf32: bool = False, cuda_graph: bool = False,
+                 precision: str = "float32", report_fallback: bool = False,
+                 graph_batch: int | None = None):
+        """device: cpu | cuda | tensorrt (None: the CUDA provider where a session gets it, else
+        the CPU); tf32: allow TF32 on the GPU (off by default); cuda_graph: run as one captured
+        CUDA graph with inputs and outputs bound to fixed device buffers (fixed shapes: the
+        model's batch or graph_batch); report_fallback: warn, by op type, about nodes that a
+        GPU session leaves to the CPU."""
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
@@ -26,25 +33,78 @@ class OrtBackend:
         for key, value in (config or {}).items():  # e.g. session.intra_op.allow_spinning
             opts.add_session_config_entry(key, value)
         src = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(src, opts, providers=providers or default_providers())
+        specs = provider_specs(device, providers, tf32, cuda_graph,
+                               fp16=precision == "float16")
+        ensure_cache_folders(specs)
+        self.session = ort.InferenceSession(src, opts, providers=specs, enable_fallback=0)
+        self.tf32, self.precision = tf32, precision
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_shape = list(inp.shape)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_shapes = {o.name: list(o.shape) for o in self.session.get_outputs()}
         b = inp.shape[0]
         self.fixed_batch = b if isinstance(b, int) and b > 0 else None
+        first = self.providers[0]
+        self.fallback = cpu_fallback(src, specs, threads) \
+            if (report_fallback or cuda_graph) and first != CPU else None
+        if report_fallback and self.fallback:
+            from edgeood.progress import warn
+            warn(describe_fallback(self.fallback, first))
+        self.graph_runner = None
+        if cuda_graph:
+            if first == CPU:
+                raise EdgeoodError("--cuda-graph needs the CUDA or TensorRT provider; this "
+                                   "session runs on the CPU (pass --device cuda)")
+            if self.fallback:
+                raise EdgeoodError(f"--cuda-graph needs every node on the GPU: "
+                                   f"{describe_fallback(self.fallback, first)}")
+            from edgeood.runtime.ort_graph import CudaGraphRunner
+            self.graph_runner = CudaGraphRunner(self.session, self.fixed_batch or graph_batch)
+        # --input uint8 detectors: uint8 N x H x W x C frames go to `image`, float batches to
+        # the float input, and the other entry gets an empty batch (edgeood/graph/preprocess.py)
+        image = next((i for i in self.session.get_inputs()
+                      if i.name == IMAGE_INPUT and i.type == "tensor(uint8)"), None)
+        self.image_input = image.name if image is not None else None
+        self.empty = {} if image is None else {
+            self.input_name: np.zeros([0, *_fixed(inp.shape[1:])], np.float32),
+            image.name: np.zeros([0, *_fixed(image.shape[1:])], np.uint8)}
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
+
+    @property
+    def target(self) -> dict[str, str]:
+        """Where the numbers come from: {backend, device, precision}."""
+        first = self.providers[0]
+        precision = self.precision
+        if first in GPU_PROVIDERS and precision == "float32" and self.tf32:
+            precision = "tf32"
+        return {"backend": "onnxruntime", "device": PROVIDER_DEVICE.get(first, first),
+                "precision": precision}
+
+    @property
+    def runs_on(self) -> str:
+        return runs_on(self.providers, self.tf32)
 
     def run(self, x: np.ndarray, outputs: list[str] | None = None,
             extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The named outputs for the image batch x; extra feeds other (un-batched) inputs."""
         names = outputs or self.output_names
         feeds = dict(extra or {})
+        entry = self.input_name
+        if self.image_input is not None:
+            entry = self.image_input if x.dtype == np.uint8 else self.input_name
+            feeds = {**{k: v for k, v in self.empty.items() if k != entry}, **feeds}
+        if MONITOR_STATE in self.input_names and MONITOR_STATE not in feeds:
+            # a folded stream monitor: each image starts a fresh stream (state 0)
+            feeds[MONITOR_STATE] = np.zeros((self.fixed_batch or len(x), 1), np.float32)
+        if self.graph_runner is not None:
+            return self.graph_runner.run(entry, x, names, feeds)
         if self.fixed_batch is None or len(x) == self.fixed_batch:
-            return dict(zip(names, self.session.run(names, {self.input_name: x, **feeds})))
+            return dict(zip(names, self.session.run(names, {entry: x, **feeds})))
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         fb = self.fixed_batch
         for start in range(0, len(x), fb):
@@ -52,7 +112,12 @@ class OrtBackend:
             n = len(chunk)
             if n < fb:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fb - n, axis=0)])
-            for name, value in zip(names, self.session.run(names, {self.input_name: chunk,
+            for name, value in zip(names, self.session.run(names, {entry: chunk,
                                                                    **feeds})):
                 parts[name].append(value[:n])
         return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def _fixed(dims) -> list[int]:
+    """Concrete dims for an empty feed: symbolic or unknown ones become 1."""
+    return [d if isinstance(d, int) and d > 0 else 1 for d in dims]

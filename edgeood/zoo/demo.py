@@ -96,8 +96,27 @@ def run_digits(out: Path, progress: bool, echo, retrain: bool = False) -> dict:
     report["table"] = str(table)
     echo(f"wrote {table} (" + ("retrained model: not the README's numbers)" if retrain
                                else "the README's digits table)"))
+    report["plots"] = write_demo_plots(res.path, out, oods, echo, progress)
     report["seconds"] = time.perf_counter() - t0
     return report
+
+
+def write_demo_plots(detector: Path, out: Path, oods: dict, echo, progress: bool) -> list[str]:
+    """Score histograms and ROC curves of the digits detector (edgeood.report) in out/plots;
+    skipped with a line when matplotlib is missing (the plot extra)."""
+    from edgeood.errors import EdgeoodError
+    from edgeood.evaluate import evaluate_many
+    try:
+        from edgeood.report import _pyplot, write_plots
+        _pyplot()
+    except EdgeoodError as exc:
+        echo(f"plots skipped: {exc}")
+        return []
+    res = evaluate_many([detector], out / "digits_id_test.npz", oods, progress=progress,
+                        keep_scores=True)
+    written = [str(p) for p in write_plots(res, out / "plots")]
+    echo(f"wrote {len(written)} plots in {out / 'plots'}")
+    return written
 
 
 def run_lite0(out: Path, progress: bool, echo) -> dict:

@@ -65,3 +65,42 @@ def photos(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
         arr = np.asarray(crop)
         out[i] = arr[:, ::-1] if rng.random() < 0.5 else arr
     return out
+
+
+TEXTURES = ["brick", "grass", "gravel", "rough-wall", "text", "page", "moon", "coins"]
+
+
+def textures(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
+    """n uint8 size x size x 3 crops of scikit-image's grayscale textures and documents (brick,
+    grass, gravel, ...), replicated to RGB: a far-OOD set for the ImageNet classifier."""
+    import skimage
+    from PIL import Image
+    folder = Path(skimage.__file__).parent / "data"
+    files = {p.stem: p for p in folder.iterdir() if p.suffix in (".png", ".jpg")}
+    imgs = [Image.open(files[name]).convert("RGB") for name in TEXTURES if name in files]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        img = imgs[i % len(imgs)]
+        w, h = img.size
+        side = int(rng.integers(min(w, h) // 3, min(w, h) + 1))
+        x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        out[i] = np.asarray(img.crop((x0, y0, x0 + side, y0 + side)).resize((size, size),
+                                                                            Image.BILINEAR))
+    return out
+
+
+def jigsaws(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Pixel-space jigsaw (3 x 3 tiles shuffled, border zero) of uint8 N x H x W x C images:
+    the near-OOD set of the precision benchmark."""
+    rng = np.random.default_rng(seed)
+    n, hgt, wid, _ = images.shape
+    s = min(hgt, wid) // 3
+    out = np.zeros_like(images)
+    for i in range(n):
+        tiles = [images[i, r * s:(r + 1) * s, c * s:(c + 1) * s] for r in range(3)
+                 for c in range(3)]
+        for j, k in enumerate(rng.permutation(9)):
+            r, c = divmod(j, 3)
+            out[i, r * s:(r + 1) * s, c * s:(c + 1) * s] = tiles[k]
+    return out

@@ -1,0 +1,5 @@
+"""Serving generators, from a detector (.onnx) or an engine's sidecar alone: a Triton model
+repository (edgeood.deploy.triton) and a DeepStream nvinfer config with a probe sample
+(edgeood.deploy.deepstream)."""
+from edgeood.deploy.deepstream import DeepStreamFiles, deepstream_config  # noqa: F401
+from edgeood.deploy.triton import TritonRepository, config_text, triton_repository  # noqa: F401

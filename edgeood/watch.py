@@ -1,0 +1,121 @@
+"""`edgeood watch`: run a detector over a stream of frames and ring the stream-level shift alarm
+(edgeood.StreamMonitor over the per-frame p-values).
+
+A stream is a video file or a camera index (read with OpenCV, when installed), a folder of
+images (in name order), one image, or a .npy/.npz array of frames (in order).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgeood.conventions import IS_OOD, LOGITS, pvalue_name
+from edgeood.data import Preprocess, open_source
+from edgeood.errors import EdgeoodError
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
+                  ".flv", ".mjpeg", ".h264", ".ts"}
+
+
+@dataclass
+class WatchFrame:
+    """One frame of the stream: the monitor's step and the detector's per-frame outputs."""
+
+    frame: int
+    source: str
+    statistic: float
+    alarm: bool
+    used: bool
+    label: int
+    is_ood: bool | None
+    pvalues: dict[str, float] = field(default_factory=dict)
+    rang: bool = False  # the alarm rang on this frame
+
+    def to_dict(self) -> dict:
+        return {"frame": self.frame, "source": self.source, "statistic": self.statistic,
+                "alarm": self.alarm, "rang": self.rang, "used": self.used, "label": self.label,
+                "is_ood": self.is_ood, "pvalues": self.pvalues}
+
+
+def is_camera(source: str) -> bool:
+    return str(source).isdigit() and not Path(str(source)).exists()
+
+
+def frame_batches(source, pre: Preprocess, batch: int = 32,
+                  max_frames: int | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(names, float32 N x C x H x W) in stream order. Videos and cameras: one frame at a time."""
+    text = str(source)
+    if is_camera(text) or Path(text).suffix.lower() in VIDEO_SUFFIXES:
+        it = _opencv_frames(int(text) if is_camera(text) else text, pre)
+        for i, (name, x) in enumerate(it):
+            if max_frames is not None and i >= max_frames:
+                return
+            yield [name], x
+        return
+    src = open_source(source)
+    names = [str(f) for f in src.files] if src.files is not None else \
+        [f"{src.name}[{i}]" for i in range(len(src))]
+    start = 0
+    for b in src.batches(pre, batch):
+        if max_frames is not None and start >= max_frames:
+            return
+        keep = len(b.x) if max_frames is None else min(len(b.x), max_frames - start)
+        yield names[start:start + keep], b.x[:keep]
+        start += keep
+
+
+def _opencv_frames(src, pre: Preprocess) -> Iterator[tuple[str, np.ndarray]]:
+    what = f"camera {src}" if isinstance(src, int) else str(src)
+    try:
+        import cv2
+    except ImportError:
+        raise EdgeoodError(f"reading {what} needs OpenCV: pip install opencv-python (or pass a "
+                           "folder of images or a .npy/.npz of frames)") from None
+    if isinstance(src, str) and not Path(src).is_file():
+        raise EdgeoodError(f"{src}: no such video file")
+    cap = cv2.VideoCapture(src)
+    if not cap.isOpened():
+        raise EdgeoodError(f"OpenCV cannot open {what}; check the path or camera index (and that "
+                           "OpenCV was built with the codec)")
+    try:
+        i = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            if pre.channels == 1:
+                img = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[:, :, None]
+            else:
+                img = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            name = f"{what}[{i}]"
+            yield name, pre.normalize(pre.fit_image(img, name)[None])
+            i += 1
+    finally:
+        cap.release()
+
+
+def watch(detector, monitor, source, batch: int = 32,
+          max_frames: int | None = None) -> Iterator[WatchFrame]:
+    """Run detector over source frame by frame (batched where the source allows) and feed the
+    p-values of the monitor's methods to monitor, in order."""
+    methods = monitor.methods or [detector.primary]
+    backend = detector.backend
+    wanted = [LOGITS] + [pvalue_name(m) for m in methods]
+    missing = [n for n in wanted if n not in backend.output_names]
+    if missing:
+        raise EdgeoodError(f"the detector has no output {missing[0]}; calibrate it first "
+                           "(edgeood calibrate DETECTOR --data ID_DIR)")
+    names = wanted + ([IS_OOD] if IS_OOD in backend.output_names else [])
+    for batch_names, x in frame_batches(source, detector.preprocess, batch, max_frames):
+        out = backend.run(x, names)
+        pv = {m: out[pvalue_name(m)] for m in methods}
+        steps = monitor.update_batch(pv if monitor.methods else pv[methods[0]])
+        for i, name in enumerate(batch_names):
+            yield WatchFrame(int(steps.frame[i]), name, float(steps.statistic[i]),
+                             bool(steps.alarm[i]), bool(steps.used[i]),
+                             int(out[LOGITS][i].argmax()),
+                             bool(out[IS_OOD][i]) if IS_OOD in out else None,
+                             {m: float(pv[m][i]) for m in methods}, bool(steps.rang[i]))
