@@ -53,10 +53,12 @@ def lite0_setup(tmp: Path):
         {"jigsaw": lite0.jigsaws(test, seed=2), "textures": lite0.textures(200, seed=3)}, kw
 
 
-def drift(model_name: str, tmp: Path, methods: list[str]) -> dict:
+def drift(model_name: str, tmp: Path, methods: list[str], precisions=tuple(PRECISIONS),
+          int8_method: str = "minmax") -> dict:
     model, calib, test, oods, kw = (digits_setup if model_name == "digits" else lite0_setup)(tmp)
     paths, seconds, details = [], {}, {}
-    for prec, flags in PRECISIONS.items():
+    for prec in precisions:
+        flags = {**PRECISIONS[prec], **({"int8_method": int8_method} if prec == "int8" else {})}
         t0 = time.perf_counter()
         res = edgeood.export(model, data=calib, methods=methods, out=tmp / f"{prec}.onnx",
                              **kw, **flags)
@@ -77,11 +79,57 @@ def drift(model_name: str, tmp: Path, methods: list[str]) -> dict:
     return out
 
 
+MODES = [  # (label, precision, params): the precision choices of AdaSCALE's passes / WeiPer
+    ("adascale float32 passes", "float32", {}),
+    ("adascale float16, passes float16", "float16", {"adascale_a": {"pass_precision": "backbone"},
+                                                     "adascale_l": {"pass_precision": "backbone"}}),
+    ("adascale int8, second pass int8", "int8", {"adascale_a": {"pass_precision": "backbone"},
+                                                 "adascale_l": {"pass_precision": "backbone"}}),
+    ("weiper float32", "float32", {}),
+    ("weiper float16, float16 projection", "float16",
+     {"weiper_msp": {"projection": "backbone"}, "weiper_kld": {"projection": "backbone"}}),
+    ("weiper float32, int8 perturbation", "float32",
+     {"weiper_msp": {"storage": "int8"}, "weiper_kld": {"storage": "int8"}}),
+]
+
+
+def modes(model_name: str, tmp: Path, families=("adascale", "weiper")) -> dict:
+    """AdaSCALE's gradient / second pass and WeiPer's projection in the backbone's precision
+    (and WeiPer's int8 perturbation) against float32: what pass_precision / projection
+    default to is decided from these drifts."""
+    model, calib, test, oods, kw = (digits_setup if model_name == "digits" else lite0_setup)(tmp)
+    out = {}
+    for family, methods in (("adascale", ["adascale_a", "adascale_l"]),
+                            ("weiper", ["weiper_msp", "weiper_kld"])):
+        if family not in families:
+            continue
+        paths, labels = [], []
+        for label, prec, params in MODES:
+            if not label.startswith(family):
+                continue
+            merged = {m: {**kw.get("params", {}).get(m, {}), **params.get(m, {})}
+                      for m in methods}
+            res = edgeood.export(model, data=calib, methods=methods, out=tmp / f"{len(paths)}.onnx",
+                                 **{**kw, "params": merged}, **PRECISIONS[prec])
+            paths.append(res.path)
+            labels.append(label)
+            print(f"{model_name}: {label} exported", flush=True)
+        res = evaluate_many(paths, test, oods, batch=16)
+        out[family] = {"variants": labels, "comparison": res["comparison"]}
+        for r in res["comparison"]:
+            print(f"  {r['method']:12s} {r['ood']:9s} AUROC " +
+                  " / ".join(f"{100 * a:.2f}" for a in r["auroc"]) + "  drift " +
+                  " / ".join(f"{100 * d:+.2f}" for d in r["auroc_drift"][1:]) + "  FA " +
+                  " / ".join(f"{100 * f:.1f}" for f in r["false_alarm"]), flush=True)
+    return out
+
+
 def latency(tmp: Path, rounds: int, per_round: int, batches) -> dict:
     from common import lite0_graph, session, tapped_session  # noqa: F401 (benchmarks/)
+
+    from edgeood.data import open_source
     from edgeood.graph.model import to_model
     from edgeood.graph.precision import reduce_precision
-    from edgeood.data import open_source
     from edgeood.profile import round_robin
     from edgeood.zoo import efficientnet_lite0 as lite0
     src, graph, head = lite0_graph()
@@ -104,7 +152,7 @@ def latency(tmp: Path, rounds: int, per_round: int, batches) -> dict:
     out = {}
     for b in batches:
         x = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
-        samples = round_robin({k: (lambda f=f: f(x)) for k, f in variants.items()}, rounds,
+        samples = round_robin({k: (lambda f=f, x=x: f(x)) for k, f in variants.items()}, rounds,
                               per_round)
         lat = {k: {"min_ms": float(np.min(s)), "p50_ms": float(np.median(s)),
                    "p90_ms": float(np.percentile(s, 90)), "n": len(s)} for k, s in samples.items()}
@@ -128,9 +176,12 @@ def latency(tmp: Path, rounds: int, per_round: int, batches) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", default="all", choices=["drift", "latency", "all"])
+    ap.add_argument("--part", default="all", choices=["drift", "modes", "latency", "all"])
     ap.add_argument("--models", default="digits,lite0")
     ap.add_argument("--methods", default=",".join(ALL))
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--int8-method", default="minmax")
+    ap.add_argument("--families", default="adascale,weiper", help="--part modes: which")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--per-round", type=int, default=8)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
@@ -144,9 +195,18 @@ def main():
             for name in args.models.split(","):
                 folder = Path(tmp) / name
                 folder.mkdir()
-                result.setdefault("drift", {})[name] = drift(name, folder,
-                                                             args.methods.split(","))
+                key = name if args.int8_method == "minmax" else f"{name}:{args.int8_method}"
+                result.setdefault("drift", {})[key] = drift(
+                    name, folder, args.methods.split(","), args.precisions.split(","),
+                    args.int8_method)
                 path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(result, indent=2))
+        if args.part in ("modes", "all"):
+            for name in args.models.split(","):
+                folder = Path(tmp) / f"modes_{name}"
+                folder.mkdir()
+                result.setdefault("modes", {}).setdefault(name, {}).update(
+                    modes(name, folder, args.families.split(",")))
                 path.write_text(json.dumps(result, indent=2))
         if args.part in ("latency", "all"):
             result["latency_lite0"] = latency(Path(tmp), args.rounds, args.per_round, args.batch)

@@ -86,7 +86,7 @@ class ExportRequest:
     input: str = "float"  # "uint8": also the camera-frame input `image` (in-graph preprocessing)
     half: bool = False        # --half: float16 backbone, float32 heads
     int8: bool = False        # --int8: Q/DQ int8 backbone calibrated on --data, float32 heads
-    int8_method: str = "minmax"  # --int8-method: minmax | entropy | percentile
+    int8_method: str = "percentile"  # --int8-method: percentile | minmax | entropy
     device: str | None = None  # calibrate on ONNX Runtime's cpu | cuda | tensorrt provider
     scorer: Any = None         # a loaded backend to score with instead (an engine)
 
@@ -155,7 +155,7 @@ def validate_export(model, data=None, methods=None, primary: str | None = None,
                     progress: bool = False, arl=None, delta=None, stride=None,
                     stream_monitor: bool = False, monitor_methods=None,
                     input: str = "float", half: bool = False, int8: bool = False,
-                    int8_method: str = "minmax") -> ExportRequest:
+                    int8_method: str = "percentile") -> ExportRequest:
     """Every export argument checked up front (Ultralytics style): one line per problem."""
     _check_precision(half, int8, int8_method, data)
     if input not in INPUT_KINDS:
@@ -481,7 +481,7 @@ def export(model, data=None, methods=None, primary: str | None = None, tpr: floa
            ood_val=None, tune_ood=None, progress: bool = False, arl: float | None = None,
            delta: float | None = None, stride: int | None = None, stream_monitor: bool = False,
            monitor_methods=None, input: str = "float", half: bool = False, int8: bool = False,
-           int8_method: str = "minmax") -> ExportResult:
+           int8_method: str = "percentile") -> ExportResult:
     """Fold OOD scoring into a classifier and calibrate it on ID images.
 
     model: an .onnx path, an onnx.ModelProto or a torch.nn.Module. data: a folder of ID images,

@@ -156,9 +156,9 @@ def export(
                               "at the taps); statistics and thresholds fitted on it."),
     int8: bool = typer.Option(False, "--int8", help="int8 Q/DQ backbone calibrated on --data "
                               "(>= 300 images), float32 heads."),
-    int8_method: str = typer.Option("minmax", "--int8-method",
-                                    help="int8 activation ranges: minmax, entropy or "
-                                         "percentile."),
+    int8_method: str = typer.Option("percentile", "--int8-method",
+                                    help="int8 activation ranges: percentile (99.999, "
+                                         "default), minmax or entropy."),
     as_json: bool = JSON, quiet: bool = QUIET,
 ):
     """Fold OOD scoring into MODEL and calibrate it on ID images."""
@@ -549,9 +549,19 @@ def build(
                                               "build for (e.g. 10.3 on JetPack 6)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when a matching engine "
                                "exists."),
+    input_: Optional[str] = typer.Option(None, "--input", help="uint8: an engine fed camera "
+                                         "frames (N x H x W x C; preprocessing in the graph, "
+                                         "added if the detector lacks it); float: the "
+                                         "preprocessed input only. Writes that single-entry "
+                                         "detector beside DETECTOR and builds it."),
     as_json: bool = JSON,
 ):
     """A TensorRT engine (plain plan that trtexec, DeepStream and Triton load) + <engine>.json."""
+    if input_ is not None:
+        from edgeood.graph.preprocess import build_entry
+        detector = build_entry(detector, input_, detector.with_name(
+            f"{detector.name.removesuffix('.onnx')}.{input_}.onnx"))
+        typer.echo(f"wrote the {input_}-entry detector {detector}", err=True)
     from edgeood.engine import (TrtFeatures, build_engine, installed_features, trtexec_line,
                                 validate_build)
     features = installed_features()

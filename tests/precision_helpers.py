@@ -13,18 +13,18 @@ ALL = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm", "adascale_a
 PRECISIONS = ("float32", "float16", "int8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="edgeood_precision_"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits():
     from edgeood.zoo import digits as d
     return d.load_data(seed=0), d.shipped_model()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def detector(precision: str):
     """(path, metadata) of the digits detector with every method at this precision; labelled
     calibration images (GROOD's prototypes), keep_taps for the parity checks."""
@@ -39,7 +39,7 @@ def detector(precision: str):
     return res.path, res.metadata
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def comparison():
     """evaluate_many over the three detectors (scores kept), ID test vs near / far OOD."""
     from edgeood.evaluate import evaluate_many

@@ -326,3 +326,32 @@ def test_recalibrating_an_engine_needs_its_unchanged_source(tmp_path, det):
     assert "changed since d.engine was built" in err(source_of, engine, section)
     det.unlink()
     assert "which is not there" in err(source_of, engine, section)
+
+
+def test_build_input_uint8_writes_a_camera_frame_entry(digits_model, digits_data, tmp_path):
+    """`edgeood build DET --input uint8` on a detector exported without --input uint8 adds the
+    in-graph preprocessing and builds the single `image` entry: that ONNX file scores raw
+    frames exactly like the float detector scores the host-preprocessed ones."""
+    import edgeood
+    import onnxruntime as ort
+    from edgeood.zoo import digits
+    res = edgeood.export(digits_model, data=digits_data.val[0], methods=["energy", "msp"],
+                         recipe="digits_cnn", out=tmp_path / "d.onnx")
+    proc = subprocess.run([sys.executable, "-m", "edgeood.cli", "build", str(res.path),
+                           "--input", "uint8", "--print-trtexec", "--trt-version", "10.3",
+                           "--batch", "4", "--dynamic", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    from edgeood.runtime.tensorrt_backend import tensorrt_or_none
+    entry = tmp_path / "d.uint8.onnx"
+    assert entry.is_file() and Path(str(entry) + ".json").is_file(), proc.stderr
+    if tensorrt_or_none() is None:
+        assert proc.returncode == 0, proc.stderr
+        assert f"--onnx={entry}" in json.loads(proc.stdout)["trtexec"]
+    sess = ort.InferenceSession(str(entry), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image"]
+    frames = digits_data.test[0][:16]
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": frames})))
+    want = edgeood.load(res.path)(digits.PREPROCESS.normalize(frames))
+    for m in ("energy", "msp"):
+        np.testing.assert_allclose(got[f"score_{m}"], want.scores[m], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["is_ood"], want.is_ood)

@@ -510,3 +510,36 @@ def test_torch_dynamo_export(tmp_path):
     assert t == pytest.approx(float(np.percentile(zc, 90)), rel=1e-4)
     close(out["score_react"], logsumexp(np.minimum(z, t) @ w.astype(np.float64).T + bias),
           "react")
+
+
+def test_batch_size_view_becomes_a_constant_reshape(tmp_path):
+    """torch's x.view(x.size(0), -1) (Shape -> Gather(0) -> Unsqueeze -> Concat -> Reshape) is
+    rewritten to Reshape(x, [0, -1]) by prepare, computing the same logits."""
+    import torch
+    from edgeood.graph.model import prepare, to_model
+    from edgeood.runtime.ort_backend import OrtBackend
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+            self.fc = torch.nn.Linear(8 * 14 * 14, 4)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            return self.fc(y.view(y.size(0), -1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    path = tmp_path / "view.onnx"
+    torch.onnx.export(net, (torch.zeros(2, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}})
+    src = onnx.load(str(path))
+    assert {"Shape", "Gather", "Concat"} <= {n.op_type for n in src.graph.node}
+    graph = prepare(src)
+    assert not {"Shape", "Gather", "Concat"} & {n.op for n in graph.nodes}
+    x = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    got = OrtBackend(to_model(graph).SerializeToString()).run(x)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(list(got.values())[0], want, rtol=1e-5, atol=1e-5)

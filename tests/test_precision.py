@@ -48,7 +48,7 @@ def test_float16_graph_backbone_half_heads_float32():
 def test_int8_graph_qdq_backbone_only():
     path, meta = detector("int8")
     q = meta["precision_detail"]["int8"]
-    assert q["method"] == "minmax" and q["calibration_images"] == 216 and q["per_channel_weights"]
+    assert q["method"] == "percentile" and q["calibration_images"] == 216 and q["per_channel_weights"]
     model, types = _types(path)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
@@ -181,3 +181,56 @@ def test_weiper_int8_storage(tmp_path):
     row = next(r for r in comparison()["comparison"]
                if r["method"] == "weiper_msp" and r["ood"] == "near")
     assert abs(a8 - row["auroc"][0]) < 0.002
+
+
+def test_cli_export_half_and_int8(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeood.cli import app
+    from edgeood.metadata import read_metadata
+    data, model = digits()
+    npz = tmp_path / "val.npz"
+    np.savez(npz, images=data.val[0])
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(model), "--data", str(npz), "--methods", "energy",
+                            "--recipe", "digits_cnn", "--half", "--out", str(tmp_path / "h.onnx"),
+                            "-q"])
+    assert r.exit_code == 0, r.output
+    assert read_metadata(tmp_path / "h.onnx")["precision"] == "float16"
+    r = runner.invoke(app, ["export", str(model), "--data", str(npz), "--methods", "energy",
+                            "--recipe", "digits_cnn", "--int8", "--int8-method", "minmax",
+                            "--out", str(tmp_path / "q.onnx"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "fewer than 300 calibration images" in r.output
+    meta = read_metadata(tmp_path / "q.onnx")
+    assert meta["precision"] == "int8"
+    assert meta["precision_detail"]["int8"]["method"] == "minmax"
+    r = runner.invoke(app, ["export", str(model), "--data", str(npz), "--half", "--int8"])
+    assert r.exit_code == 2 and "exclude each other" in r.output
+
+
+@pytest.mark.slow
+def test_lite0_three_precisions(lite0_model, tmp_path):
+    """EfficientNet-Lite0 at float32 / float16 / int8 (energy, featurenorm): exported,
+    within trt10 / trt11, AUROC drift against float32 within the targets (ID photo crops vs
+    texture crops)."""
+    from edgeood.evaluate import evaluate_many
+    from edgeood.graph.trt_check import check_target
+    from edgeood.zoo import efficientnet_lite0 as lite0
+    calib, test = lite0.photos(96, seed=0), lite0.photos(48, seed=1)
+    paths = []
+    for prec in PRECISIONS:
+        res = edgeood.export(lite0_model, data=calib, methods=["energy", "featurenorm"],
+                             recipe=lite0.RECIPE, batch=16, out=tmp_path / f"{prec}.onnx",
+                             half=prec == "float16", int8=prec == "int8")
+        assert res.metadata["precision"] == prec
+        for target in ("trt10", "trt11"):
+            assert check_target(onnx.load(str(res.path)), target)[0] == []
+        paths.append(res.path)
+    out = evaluate_many(paths, test, {"textures": lite0.textures(48, seed=3)}, batch=16)
+    for row in out["comparison"]:
+        assert abs(row["auroc_drift"][1]) <= 0.005, row  # float16: the issue's target, met
+    # int8 on Lite0 misses the issue's 0.02 target on this small set (measured: energy vs
+    # textures 0.039 with 96 minmax-calibrated images, 48 + 48 test images): reported in the
+    # README's drift table, not asserted here
+    assert all(len(row["auroc"]) == 3 for row in out["comparison"])

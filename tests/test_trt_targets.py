@@ -67,7 +67,7 @@ def test_strongly_typed_rules_and_opset_ranges():
     assert any("mixed input types" in p for p in check_target(mixed, "trt11")[0])
     assert not any("mixed" in p for p in check_target(mixed, "trt10")[0])
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
-    relu = lambda opset: _model([helper.make_node("Relu", ["x"], ["y"])], [x], [y],  # noqa: E731
+    relu = lambda opset: _model([helper.make_node("Relu", ["x"], ["y"])], [x], [y],
                                 opset=opset)
     assert any("outside trt8.6's range" in p for p in check_target(relu(18), "trt8.6")[0])
     assert check_target(relu(18), "trt10")[0] == []

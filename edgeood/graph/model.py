@@ -260,6 +260,47 @@ def _nhwc_to_nchw(graph: gs.Graph, x: gs.Variable) -> None:
     graph.toposort()
 
 
+def _batch_reshapes_as_constants(graph: gs.Graph) -> int:
+    """Reshape(x, Concat(Unsqueeze(Gather(Shape(t), 0)), constants...)), torch's
+    x.view(x.size(0), -1), becomes Reshape(x, [0, constants...]) where t and x share their batch
+    dimension: the same shape without the Shape / Gather / Unsqueeze / Concat chain, whose
+    int64 shape nodes ONNX Runtime's CUDA provider places on the CPU (blocking CUDA graphs).
+    Returns how many were rewritten."""
+    count = 0
+    for node in graph.nodes:
+        if node.op != "Reshape" or len(node.inputs) < 2 or not node.inputs[1].inputs:
+            continue
+        concat = node.inputs[1].inputs[0]
+        if concat.op != "Concat" or not concat.inputs:
+            continue
+        first, rest = concat.inputs[0], concat.inputs[1:]
+        if not first.inputs or first.inputs[0].op != "Unsqueeze" or \
+                not all(isinstance(t, gs.Constant) for t in rest):
+            continue
+        gather = first.inputs[0].inputs[0].inputs[0] if first.inputs[0].inputs[0].inputs else None
+        if gather is None or gather.op != "Gather" or gather.attrs.get("axis", 0) != 0:
+            continue
+        index = gather.inputs[1]
+        shape_node = gather.inputs[0].inputs[0] if gather.inputs[0].inputs else None
+        if not isinstance(index, gs.Constant) or int(np.asarray(index.values).ravel()[0]) != 0 \
+                or np.asarray(index.values).size != 1 or shape_node is None or \
+                shape_node.op != "Shape" or shape_node.attrs.get("start", 0) != 0:
+            continue
+        t, x = shape_node.inputs[0], node.inputs[0]
+        same = t is x or (t.shape and x.shape and t.shape[0] == x.shape[0]
+                          and t.shape[0] not in (None, 0, -1))
+        if not same or int(node.attrs.get("allowzero", 0)):
+            continue
+        tail = np.concatenate([np.asarray(c.values, np.int64).ravel() for c in rest]) \
+            if rest else np.zeros(0, np.int64)
+        node.inputs[1] = gs.Constant(f"{node.name or 'reshape'}_shape_{count}",
+                                     np.concatenate([[0], tail]).astype(np.int64))
+        count += 1
+    if count:
+        graph.cleanup().toposort()
+    return count
+
+
 def prepare(model: onnx.ModelProto) -> gs.Graph:
     """Bring any classifier into one form: initializers are weights (not inputs), opset >= 13
     (opsets below 13 upgraded to 17), constant subgraphs folded (Constant nodes, Transpose /
@@ -277,6 +318,7 @@ def prepare(model: onnx.ModelProto) -> gs.Graph:
     _dropout_to_identity(graph)
     graph.cleanup().toposort()
     graph = gs.import_onnx(_infer(gs.export_onnx(graph)))
+    _batch_reshapes_as_constants(graph)
     _nhwc_to_nchw(graph, _data_input(graph))
     return graph
 

@@ -27,6 +27,9 @@ and other float32 work of a method over a float16 or int8 backbone.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import tempfile
 from collections import Counter
@@ -41,6 +44,8 @@ from edgeood.graph.subgraph import nodes_between
 
 F16, F32 = np.float16, np.float32
 PRECISIONS = ("float32", "float16", "int8")
+# activation-range calibration; percentile (99.999) is the default: on EfficientNet-Lite0 its
+# largest AUROC drift over 12 methods was 2.4 points against 3.5 for minmax (README)
 INT8_METHODS = ("minmax", "entropy", "percentile")
 INT8_RECOMMENDED = 300
 # op types converted to float16 (every other op stays float32 behind Casts)
@@ -223,12 +228,16 @@ class _Reader:
         self.set_range(0, len(self.items))
 
 
-def quantize_int8(graph: gs.Graph, head, source, pre, batch: int, method: str = "minmax",
+def quantize_int8(graph: gs.Graph, head, source, pre, batch: int, method: str = "percentile",
                   percentile: float = 99.999) -> tuple[gs.Graph, dict]:
     """The backbone quantized with Q/DQ pairs (see the module docstring); returns the new graph
     (outputs: logits) and the facts for the metadata."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     if method not in INT8_METHODS:
         raise EdgeoodError(f"--int8-method {method} is not one of {', '.join(INT8_METHODS)}")
     g = graph.copy()
@@ -257,15 +266,15 @@ def quantize_int8(graph: gs.Graph, head, source, pre, batch: int, method: str = 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
-        import logging
         level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice
-        try:
-            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=calib,
-                            nodes_to_exclude=excluded, op_types_to_quantize=QUANTIZED_OPS,
-                            extra_options=extra)
+        try:  # the histogram calibrators print a line per batch
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QInt8,
+                                weight_type=QuantType.QInt8, calibrate_method=calib,
+                                nodes_to_exclude=excluded, op_types_to_quantize=QUANTIZED_OPS,
+                                extra_options=extra)
         finally:
             logging.getLogger().setLevel(level)
         q = onnx.load(str(dst))
@@ -403,7 +412,7 @@ def float_source(t: gs.Tensor) -> gs.Tensor | None:
 
 # --- the export stage's entry point -----------------------------------------------------------
 def reduce_precision(graph: gs.Graph, head, precision: str, source, pre, batch: int,
-                     int8_method: str = "minmax") -> tuple[gs.Graph, str, dict]:
+                     int8_method: str = "percentile") -> tuple[gs.Graph, str, dict]:
     """(graph, precision, metadata detail) for precision float16 or int8; the caller's graph is
     not changed."""
     from edgeood.progress import warn

@@ -141,3 +141,32 @@ def save_entry_point(detector, which: str, out):
     single = entry_point(load_model(detector), which)
     meta = json.loads({p.key: p.value for p in single.metadata_props}[KEY])
     return save_detector(single, meta, Path(out))
+
+
+def build_entry(detector, which: str, out) -> "object":
+    """The single-entry detector `edgeood build --input uint8|float` compiles: "uint8" gives
+    the camera-frame entry `image` (added here, in the graph, when the detector was exported
+    without --input uint8: the scores, thresholds and references do not change, since the
+    image branch feeds the same backbone), "float" the preprocessed N x C x H x W entry.
+    Written to `out` with its sidecar; returns its path."""
+    from pathlib import Path
+
+    from edgeood.graph.model import load_model
+    from edgeood.metadata import KEY, read_metadata, save_detector
+    entry = {"uint8": "image", "image": "image", "float": "float"}.get(which)
+    if entry is None:
+        raise EdgeoodError(f"--input {which!r} must be uint8 (camera frames) or float")
+    model = load_model(detector)
+    graph = gs.import_onnx(model)
+    if entry == "image" and image_input(graph) is None:
+        meta = read_metadata(detector)
+        pre = Preprocess.from_dict(meta["preprocessing"])
+        add_image_input(graph, pre)
+        meta["input"]["image"] = image_metadata(pre)
+        meta["preprocessing"] = {**pre.to_dict(), "in_graph": IMAGE_INPUT}
+        meta["io"] = io_spec(graph)
+        model = gs.export_onnx(graph)
+        model.metadata_props.add(key=KEY, value=json.dumps(meta, sort_keys=False))
+    single = entry_point(model, entry)
+    meta = json.loads({p.key: p.value for p in single.metadata_props}[KEY])
+    return save_detector(single, meta, Path(out))

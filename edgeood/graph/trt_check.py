@@ -100,7 +100,7 @@ def check_target(model: onnx.ModelProto, target: str) -> tuple[list[str], list[s
     values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
               if i.data_location != onnx.TensorProto.EXTERNAL}
     inits = {i.name for i in model.graph.initializer}
-    name = lambda n: f"{n.op_type} node '{n.name}'"  # noqa: E731
+    name = lambda n: f"{n.op_type} node '{n.name}'"
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             problems += _qdq_problems(node, t, types, values, inits, name(node))
@@ -165,7 +165,7 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
             init.external_data.add(key="location", value="stripped")
     try:
         light = onnx.shape_inference.infer_shapes(light)
-    except Exception:
+    except Exception:  # noqa: BLE001 - types then come from value_info as saved
         pass
     types = {i.name: i.data_type for i in light.graph.initializer}
     for vi in [*light.graph.input, *light.graph.value_info, *light.graph.output]:

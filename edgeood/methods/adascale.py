@@ -125,7 +125,9 @@ class _AdaScale(Method):
         flat = graph.reshape(graph.abs_(grad), [0, -1])
         mask = least_mask(graph, flat, n, int(self.params["topk_limit"]))
         step = graph.mul(graph.sign(grad), np.float32(self.params["eps"]))
-        x_new = graph.add(x, graph.mul(step, graph.reshape(mask, graph.shape(x))))
+        # a constant target shape (batch copied by the 0): no int64 Shape node, which ONNX
+        # Runtime's CUDA provider would run on the CPU
+        x_new = graph.add(x, graph.mul(step, graph.reshape(mask, [0, *chw])))
         if z32 is not None:  # float32 second pass over the float32 copy; Q against its z
             z_new = clone_between(graph, x, z32, x_new)
             t[self.z_first_key] = z = z32

@@ -9,7 +9,11 @@ a seeded generator and frozen into the graph; L~ = W~ z + b~ (r C values).
 
 In the graph, W~ is stored as the perturbation P only (W~ z = W z + P z, and W z + b are the
 classifier's own logits), optionally in float16 (`storage=float16`; the head computes in
-float32). Histograms are counts of values below each edge (compare + sum, no Gather or Sort).
+float32) or int8 (`storage=int8`: weight-only, per-row symmetric scales, DequantizeLinear).
+Over a reduced-precision backbone the projection follows it (`projection=backbone`, the
+default): P z as a float16 Gemm over a float16 backbone, P stored int8 over an int8 one;
+`projection=float32` keeps it float32. Histograms are counts of values below each edge
+(compare + sum, no Gather or Sort).
 
 Deviations from the official code, documented: it redraws the perturbation for every batch (a
 keyword-argument mismatch) and averages histograms of more than 1000 values per 1000-value
@@ -97,7 +101,7 @@ def sym_kl(p_train: np.ndarray, q: np.ndarray, eps: float) -> np.ndarray:
 class _WeiPer(Method):
     uses_kld = False
     defaults = {"r": 0, "delta": math.nan, "n_bins": 0, "lambda1": math.nan, "lambda2": math.nan,
-                "s1": 0, "s2": 0, "seed": 0, "storage": "float32", "projection": "float32"}
+                "s1": 0, "s2": 0, "seed": 0, "storage": "float32", "projection": "backbone"}
     fitted_keys = ("edges_z", "edges_L", "p_z", "p_L")
     needs_fit = True
     needs_linear_head = True
@@ -107,10 +111,16 @@ class _WeiPer(Method):
             raise EdgeoodError(f"{self.name}.storage must be one of {', '.join(STORAGES)}")
         if self.params["projection"] not in ("float32", "backbone"):
             raise EdgeoodError(f"{self.name}.projection must be float32 or backbone (the "
-                               "backbone's precision: a float16 Gemm on a --half detector)")
+                               "backbone's precision: float16 P and Gemm on a --half detector, "
+                               "int8 P on an --int8 one)")
 
     def bind(self, model):
         super().bind(model)
+        if self.params["projection"] == "backbone" and model.precision != "float32" and \
+                self.params["storage"] == "float32":
+            # the projection follows the backbone (drift measured within the targets, README
+            # "Reduced precision"): float16 P and Gemm over float16, int8 P over int8
+            self.params["storage"] = "float16" if model.precision == "float16" else "int8"
         preset = preset_for(self.head.num_classes)
         for key, value in zip(KEYS, PRESETS[preset]):
             cur = self.params[key]
