@@ -35,6 +35,15 @@ PRECISIONS = {"float32": {}, "float16": {"half": True}, "int8": {"int8": True}}
 LATENCY_METHODS = ["energy", "msp", "maxlogit", "featurenorm"]
 
 
+def print_comparison(rows) -> None:
+    """One line per method and OOD set: AUROC per precision, drift against the first, FA."""
+    for r in rows:
+        print(f"  {r['method']:12s} {r['ood']:9s} AUROC " +
+              " / ".join(f"{100 * a:.2f}" for a in r["auroc"]) + "  drift " +
+              " / ".join(f"{100 * d:+.2f}" for d in r["auroc_drift"][1:]) + "  FA " +
+              " / ".join(f"{100 * f:.1f}" for f in r["false_alarm"]), flush=True)
+
+
 def digits_setup(tmp: Path):
     from edgeood.zoo import digits
     data = digits.load_data(0)
@@ -71,11 +80,7 @@ def drift(model_name: str, tmp: Path, methods: list[str], precisions=tuple(PRECI
            "precision_detail": details, "comparison": res["comparison"],
            "false_alarm": {r["precision"]: r["false_alarm"] for r in res["reports"]},
            "id_count": res["id_count"]}
-    for r in res["comparison"]:
-        print(f"  {r['method']:12s} {r['ood']:9s} AUROC " +
-              " / ".join(f"{100 * a:.2f}" for a in r["auroc"]) + "  drift " +
-              " / ".join(f"{100 * d:+.2f}" for d in r["auroc_drift"][1:]) + "  FA " +
-              " / ".join(f"{100 * f:.1f}" for f in r["false_alarm"]), flush=True)
+    print_comparison(res["comparison"])
     return out
 
 
@@ -116,11 +121,7 @@ def modes(model_name: str, tmp: Path, families=("adascale", "weiper")) -> dict:
             print(f"{model_name}: {label} exported", flush=True)
         res = evaluate_many(paths, test, oods, batch=16)
         out[family] = {"variants": labels, "comparison": res["comparison"]}
-        for r in res["comparison"]:
-            print(f"  {r['method']:12s} {r['ood']:9s} AUROC " +
-                  " / ".join(f"{100 * a:.2f}" for a in r["auroc"]) + "  drift " +
-                  " / ".join(f"{100 * d:+.2f}" for d in r["auroc_drift"][1:]) + "  FA " +
-                  " / ".join(f"{100 * f:.1f}" for f in r["false_alarm"]), flush=True)
+        print_comparison(res["comparison"])
     return out
 
 

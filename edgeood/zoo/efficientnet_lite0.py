@@ -49,21 +49,28 @@ def model_path() -> Path:
 
 def photos(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     """n uint8 size x size x 3 random crops (with flips) of scikit-image's colour photographs."""
+    return _crops(PHOTOS, n, size, seed, min_div=2, flip=True)
+
+
+def _crops(names: list[str], n: int, size: int, seed: int, min_div: int,
+           flip: bool) -> np.ndarray:
+    """n seeded square crops (side from 1/min_div of the shorter edge to all of it) of the named
+    scikit-image pictures in turn, resized to size x size RGB, optionally flipped at random."""
     import skimage
     from PIL import Image
     folder = Path(skimage.__file__).parent / "data"
     files = {p.stem: p for p in folder.iterdir() if p.suffix in (".png", ".jpg")}
-    imgs = [Image.open(files[name]).convert("RGB") for name in PHOTOS if name in files]
+    imgs = [Image.open(files[name]).convert("RGB") for name in names if name in files]
     rng = np.random.default_rng(seed)
     out = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):
         img = imgs[i % len(imgs)]
         w, h = img.size
-        side = int(rng.integers(min(w, h) // 2, min(w, h) + 1))
+        side = int(rng.integers(min(w, h) // min_div, min(w, h) + 1))
         x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        crop = img.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BILINEAR)
-        arr = np.asarray(crop)
-        out[i] = arr[:, ::-1] if rng.random() < 0.5 else arr
+        arr = np.asarray(img.crop((x0, y0, x0 + side, y0 + side)).resize((size, size),
+                                                                        Image.BILINEAR))
+        out[i] = arr[:, ::-1] if flip and rng.random() < 0.5 else arr
     return out
 
 
@@ -73,21 +80,7 @@ TEXTURES = ["brick", "grass", "gravel", "rough-wall", "text", "page", "moon", "c
 def textures(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     """n uint8 size x size x 3 crops of scikit-image's grayscale textures and documents (brick,
     grass, gravel, ...), replicated to RGB: a far-OOD set for the ImageNet classifier."""
-    import skimage
-    from PIL import Image
-    folder = Path(skimage.__file__).parent / "data"
-    files = {p.stem: p for p in folder.iterdir() if p.suffix in (".png", ".jpg")}
-    imgs = [Image.open(files[name]).convert("RGB") for name in TEXTURES if name in files]
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, size, size, 3), np.uint8)
-    for i in range(n):
-        img = imgs[i % len(imgs)]
-        w, h = img.size
-        side = int(rng.integers(min(w, h) // 3, min(w, h) + 1))
-        x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        out[i] = np.asarray(img.crop((x0, y0, x0 + side, y0 + side)).resize((size, size),
-                                                                            Image.BILINEAR))
-    return out
+    return _crops(TEXTURES, n, size, seed, min_div=3, flip=False)
 
 
 def jigsaws(images: np.ndarray, seed: int = 0) -> np.ndarray:
