@@ -404,7 +404,8 @@ def calibrate_stage(state: ExportState) -> ExportState:
         meta["methods"][m]["threshold"] = threshold_at(s, req.tpr)
         refs[m] = reference_scores(s, req.seed)
         meta["methods"][m]["reference_size"] = int(len(refs[m]))
-    build_decision(graph, refs, meta["methods"][meta["primary"]]["threshold"], meta["primary"])
+    meta["pvalue_references"] = build_decision(
+        graph, refs, meta["methods"][meta["primary"]]["threshold"], meta["primary"])
     meta["tpr"] = req.tpr
     meta["calibration"] = {"count": scored.count, "hash": scored.data_hash, "seed": req.seed,
                            "source": req.data.name, "target": target}

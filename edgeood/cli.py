@@ -577,7 +577,12 @@ def build(
     req = validate_build(detector, half, int8, batch, dynamic, workspace, timing_cache, device,
                          out, tf32, features)
     if print_trtexec:
-        line = trtexec_line(req)
+        from edgeood.graph.trt_rewrite import write_tensorrt_ready
+        source = write_tensorrt_ready(req.detector)
+        if source != req.detector:
+            typer.echo(f"wrote {source}: the detector with log-sum-exp max-shifted, as "
+                       "TensorRT's parser needs it (give trtexec this file)", err=True)
+        line = trtexec_line(req, source)
         if as_json:
             return _print_json({"trtexec": line, "engine": str(req.out),
                                 "build_options": req.options.as_dict()})

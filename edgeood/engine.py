@@ -451,10 +451,11 @@ def write_engine(out: Path, plan: bytes, meta: dict[str, Any]) -> Path:
 
 
 # --- trtexec ----------------------------------------------------------------------------------
-def trtexec_command(req: BuildRequest) -> list[str]:
-    """The same build through trtexec (TensorRT's command-line builder)."""
+def trtexec_command(req: BuildRequest, onnx_file: Path | None = None) -> list[str]:
+    """The same build through trtexec (TensorRT's command-line builder), reading onnx_file
+    (the detector's TensorRT-ready copy, edgeood.graph.trt_rewrite) or the detector."""
     o, f = req.options, req.features
-    cmd = ["trtexec", f"--onnx={req.detector}", f"--saveEngine={req.out}"]
+    cmd = ["trtexec", f"--onnx={onnx_file or req.detector}", f"--saveEngine={req.out}"]
     shapes = req.profile_shapes()
     for flag, i in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
         if shapes:
@@ -481,8 +482,8 @@ def trtexec_command(req: BuildRequest) -> list[str]:
     return cmd
 
 
-def trtexec_line(req: BuildRequest) -> str:
-    return shlex.join(trtexec_command(req))
+def trtexec_line(req: BuildRequest, onnx_file: Path | None = None) -> str:
+    return shlex.join(trtexec_command(req, onnx_file))
 
 
 # --- the TensorRT part ------------------------------------------------------------------------
@@ -578,8 +579,12 @@ def build_engine(req: BuildRequest, log: Log = _stderr, force: bool = False) -> 
     network = builder.create_network(
         network_flags(trt.NetworkDefinitionCreationFlag, o.strongly_typed, features))
     parser = trt.OnnxParser(network, logger)
-    # from the path, so that external data (<detector>.onnx.data) is found next to it
-    if not parser.parse_from_file(str(req.detector)):
+    # from a path, so that external data (<detector>.onnx.data) is found next to it; the
+    # parser reads a copy with log-sum-exp max-shifted (edgeood.graph.trt_rewrite)
+    from edgeood.graph.trt_rewrite import tensorrt_ready
+    with tensorrt_ready(req.detector) as source:
+        parsed = parser.parse_from_file(str(source))
+    if not parsed:
         lines = [format_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         for line in lines:
             log(f"  {line}")

@@ -11,7 +11,8 @@ from edgeood.graph.model import model_opset
 from edgeood.metadata import read_metadata
 from edgeood.methods.base import method_class
 
-HEAD_SCOPES = (SCORE_PREFIX, PVALUE_PREFIX, "decision", TAP_PREFIX.rstrip("_"), "monitor")
+HEAD_SCOPES = (SCORE_PREFIX, PVALUE_PREFIX, "pvalues", "decision", TAP_PREFIX.rstrip("_"),
+               "monitor")
 
 
 def _shape(vi) -> list:

@@ -12,9 +12,15 @@ from tests.conftest import false_alarm_interval
 
 
 def _reference_constant(path, method):
+    """The method's sorted reference scores, read from the detector's stacked p-value table
+    (one row per method, column 0 the -inf that counts the "1 +" of the p-value)."""
     model = onnx.load(str(path))
     init = {i.name: i for i in model.graph.initializer}
-    return onnx.numpy_helper.to_array(init[f"pvalue_{method}/reference"]).ravel()
+    where = edgeood.load(path).metadata["pvalue_references"][method]
+    table = onnx.numpy_helper.to_array(init[where["constant"]])
+    row = table.reshape(-1, table.shape[-1])[where["row"]]
+    assert row[0] == -np.inf
+    return row[1:]
 
 
 def test_false_alarm_rate_on_id_test(digits_detector, digits_data):

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeood.engine import (TrtFeatures, build_key, default_engine_path,
@@ -346,7 +347,10 @@ def test_build_input_uint8_writes_a_camera_frame_entry(digits_model, digits_data
     assert entry.is_file() and Path(str(entry) + ".json").is_file(), proc.stderr
     if tensorrt_or_none() is None:
         assert proc.returncode == 0, proc.stderr
-        assert f"--onnx={entry}" in json.loads(proc.stdout)["trtexec"]
+        trt_copy = tmp_path / "d.uint8.trt.onnx"  # log-sum-exp max-shifted for the parser
+        assert f"--onnx={trt_copy}" in json.loads(proc.stdout)["trtexec"]
+        from edgeood.graph.trt_rewrite import needs_rewrite
+        assert needs_rewrite(onnx.load(str(entry))) and not needs_rewrite(onnx.load(str(trt_copy)))
     sess = ort.InferenceSession(str(entry), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image"]
     frames = digits_data.test[0][:16]

@@ -41,6 +41,7 @@ from edgeood.deploy.common import (Tensor, copy_file, open_detector, save_model,
                                    single_entry_model, write_text)
 from edgeood.errors import EdgeoodError
 from edgeood.graph.ops import scope
+from edgeood.graph.trt_rewrite import tensorrt_model
 from edgeood.version import __version__
 
 COLOR_FORMAT = {"RGB": 0, "BGR": 1, "GRAY": 2}
@@ -175,7 +176,7 @@ def deepstream_config(detector, out_dir, batch: int = 1, half: bool = False, dev
         model = _without_monitor(single_entry_model(det, "float"))
         if per_channel:
             model = _scaled_input(model, channel_scale)
-        model = _nvinfer_types(model)
+        model = tensorrt_model(_nvinfer_types(model))  # nvinfer parses it with TensorRT
         model_path = out / f"{name}.onnx"
         save_model(model, model_path)
         mode = 2 if half else 0

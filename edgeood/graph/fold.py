@@ -83,11 +83,14 @@ def build_scores(graph: gs.Graph, head: ClassifierHead, methods: list,
 
 
 def build_decision(graph: gs.Graph, references: dict[str, np.ndarray], threshold: float,
-                   primary: str) -> None:
-    """(Re)place the p-value outputs and is_ood.
+                   primary: str) -> dict[str, dict]:
+    """(Re)place the p-value outputs and is_ood; returns where each method's reference lives
+    ({method: {"constant": name, "row": i}}, for the metadata).
 
-    p(s) = (1 + #{ref <= s}) / (n + 1), computed as (1 + n - #{s < ref}) / (n + 1) so that only
-    Less is needed (supported by every TensorRT version); is_ood = score_primary < threshold.
+    p(s) = (1 + #{ref <= s}) / (n + 1) for every method at once: the scores are stacked into an
+    M x N x 1 tensor and compared with one M x 1 x (n + 1) table of sorted references whose
+    first column is -inf (the "1 +"), so one LessOrEqual, Cast and ReduceMean give all p-values
+    (methods with different n get one table each). is_ood = score_primary < threshold.
     """
     old = [t for t in graph.outputs if t.name.startswith(PVALUE_PREFIX) or t.name == IS_OOD]
     graph.outputs = [t for t in graph.outputs if t not in old]
@@ -96,17 +99,40 @@ def build_decision(graph: gs.Graph, references: dict[str, np.ndarray], threshold
     n_batch = batch_dim(graph)
     scores = [t for t in graph.outputs if t.name.startswith(SCORE_PREFIX)]
     taps = [t for t in graph.outputs if t.name.startswith(TAP_PREFIX)]
-    pvalues = []
+    groups: dict[int, list] = {}
     for s in scores:
         method = method_of(s.name, SCORE_PREFIX)
-        ref = np.sort(np.asarray(references[method], np.float32))
-        with scope(graph, pvalue_name(method)):
-            n_less = graph.count_above(s, constant(graph, ref.reshape(1, -1), "reference"))
-            p = graph.div(graph.sub(np.float32(1 + len(ref)), n_less), np.float32(len(ref) + 1))
-        pvalues.append(_set_output(p, pvalue_name(method), [n_batch]))
+        ref = np.sort(np.asarray(references[method], np.float32).ravel())
+        groups.setdefault(len(ref), []).append((method, s, ref))
+    pvalues, where = {}, {}
+    for size, members in groups.items():
+        name = "pvalues" if len(groups) == 1 else f"pvalues_{size}"
+        table = np.full((len(members), 1, size + 1), -np.inf, np.float32)
+        for i, (method, _, ref) in enumerate(members):
+            table[i, 0, 1:] = ref
+            where[method] = {"constant": f"{name}/reference", "row": i}
+        with scope(graph, name):
+            for method, p in zip([m for m, _, _ in members],
+                                 _lookup(graph, [s for _, s, _ in members], table)):
+                pvalues[method] = _set_output(p, pvalue_name(method), [n_batch])
     with scope(graph, "decision"):
         thr = constant(graph, np.float32(threshold), "threshold")
         is_ood = graph.less(tensors[score_name(primary)], thr)
     is_ood = _set_output(is_ood, IS_OOD, [n_batch], np.bool_)
-    graph.outputs = [t for t in graph.outputs if t not in taps] + pvalues + [is_ood] + taps
+    ordered = [pvalues[method_of(s.name, SCORE_PREFIX)] for s in scores]
+    graph.outputs = [t for t in graph.outputs if t not in taps] + ordered + [is_ood] + taps
     graph.cleanup().toposort()
+    return where
+
+
+def _lookup(graph: gs.Graph, scores: list, table: np.ndarray) -> list:
+    """The p-values of M score vectors against an M x 1 x (n + 1) table (see build_decision):
+    4 nodes for one method, 7 for any number."""
+    ref = constant(graph, table if len(scores) > 1 else table[0], "reference")
+    if len(scores) == 1:
+        hits = graph.less_equal(ref, graph.unsqueeze(scores[0], [1]))      # N x (n + 1)
+        return [graph.reduce("ReduceMean", graph.cast(hits), [1])]
+    stacked = graph.reshape(graph.concat(scores, axis=0), [len(scores), -1, 1])  # M x N x 1
+    hits = graph.less_equal(ref, stacked)                                  # M x N x (n + 1)
+    p = graph.reduce("ReduceMean", graph.cast(hits), [2])                  # M x N
+    return graph.split(graph.reshape(p, [-1]), len(scores), axis=0)

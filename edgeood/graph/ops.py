@@ -147,11 +147,11 @@ def unsqueeze(self, x, axes: Sequence[int]):
 
 
 @gs.Graph.register()
-def logsumexp(self, x, axis: int = 1):
-    """Max-shifted log-sum-exp over one axis, keepdims=False: m + log(sum(exp(x - m)))."""
-    m = self.reduce("ReduceMax", x, [axis], keepdims=True)
-    s = self.reduce("ReduceSum", self.exp(self.sub(x, m)), [axis], keepdims=True)
-    return self.squeeze(self.add(m, self.log(s)), [axis])
+def logsumexp(self, x, axis: int = 1, keepdims: bool = False):
+    """log sum exp over one axis as one ReduceLogSumExp node. ONNX Runtime computes it
+    max-shifted on the CPU and CUDA; TensorRT's parser does not (log(sum(exp(x)))), so every
+    TensorRT path rewrites it first (edgeood.graph.trt_rewrite)."""
+    return self.reduce("ReduceLogSumExp", x, [axis], keepdims=keepdims)
 
 
 @gs.Graph.register()
@@ -192,6 +192,16 @@ def slice_(self, x, start: int, end: int, axis: int):
 def concat(self, xs, axis: int):
     """Concatenate tensors of one dtype along an axis."""
     return _layer(self, "Concat", list(xs), {"axis": int(axis)}, dtypes=[_dtype_of(xs[0])])
+
+
+@gs.Graph.register()
+def split(self, x, parts: int, axis: int = 0):
+    """x cut into `parts` equal pieces along axis (a list of tensors)."""
+    attrs = {"axis": int(axis)}
+    if self.opset >= 18:
+        attrs["num_outputs"] = int(parts)
+    out = _layer(self, "Split", [x], attrs, n_out=parts, dtypes=[_dtype_of(x)] * parts)
+    return out if parts > 1 else [out]
 
 
 @gs.Graph.register()
@@ -304,3 +314,22 @@ def resize(self, x, sizes, mode: str = "linear",
     return _layer(self, "Resize", [x, empty(), empty(), sizes],
                   {"mode": mode, "coordinate_transformation_mode": coordinate_transformation_mode},
                   dtypes=[_dtype_of(x)])
+
+
+# --- counting (WeiPer's histograms) -----------------------------------------------------------
+@gs.Graph.register()
+def fill(self, shape, value: float):
+    """A float32 tensor of the given int64 shape tensor, filled with value (ConstantOfShape)."""
+    return _layer(self, "ConstantOfShape", [shape],
+                  {"value": gs.Constant("value", np.array([value], F32))})
+
+
+@gs.Graph.register()
+def scatter_add(self, data, indices, updates, axis: int = 1):
+    """A copy of data with updates added at indices along axis, duplicates accumulating
+    (ScatterElements, reduction="add": opset >= 16; TensorRT 10 builds it with its
+    ScatterElements plugin, TensorRT 8.6's parser ignores the reduction)."""
+    if self.opset < 16:
+        raise ValueError(f"ScatterElements with reduction needs opset >= 16 (graph: {self.opset})")
+    return _layer(self, "ScatterElements", [data, indices, updates],
+                  {"axis": int(axis), "reduction": "add"}, dtypes=[_dtype_of(data)])

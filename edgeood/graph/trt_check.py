@@ -128,6 +128,13 @@ def check_target(model: onnx.ModelProto, target: str) -> tuple[list[str], list[s
     if not external and _size(model) > TWO_GB:
         problems.append("the graph is over 2 GB without external data; save it with external "
                         "data (edgeood does above 2 GB)")
+    lse = [n.name for n in model.graph.node if n.op_type == "ReduceLogSumExp"]
+    if lse:
+        notes.append(f"{len(lse)} ReduceLogSumExp nodes ({', '.join(lse[:4])}"
+                     f"{' ...' if len(lse) > 4 else ''}): {t.name}'s parser computes them "
+                     "unshifted (overflow above 88.7 in float32); edgeood build, "
+                     "--print-trtexec (<detector>.trt.onnx), deploy deepstream and "
+                     "--device tensorrt hand it a max-shifted copy")
     f16 = sum(1 for ty in types.values() if ty == onnx.TensorProto.FLOAT16)
     if f16:
         notes.append(f"{f16} float16 tensors ({'explicit Casts, strongly typed' if t.strongly_typed else 'build with the FP16 flag or strongly typed'})")

@@ -13,6 +13,22 @@ def feature_norm(block: np.ndarray) -> np.ndarray:
     return np.sqrt((f * f).sum(axis=(2, 3))).mean(axis=1)
 
 
+def _nonnegative(t) -> bool:
+    """True when t is produced by Relu or by a Clip whose lower bound is >= 0."""
+    producer = t.inputs[0] if getattr(t, "inputs", None) else None
+    if producer is None:
+        return False
+    if producer.op == "Relu":
+        return True
+    if producer.op != "Clip":
+        return False
+    lo = producer.attrs.get("min")
+    if lo is None and len(producer.inputs) > 1:
+        values = getattr(producer.inputs[1], "values", None)
+        lo = None if values is None else float(np.asarray(values).ravel()[0])
+    return lo is not None and lo >= 0
+
+
 @register
 class FeatureNorm(Method):
     """score = mean_c ||relu(F_b(x))[c, :, :]||_2 of the selected block b.
@@ -69,7 +85,9 @@ class FeatureNorm(Method):
 
     def build(self, graph, t):
         block = t[self.selected]
-        norms = graph.reduce("ReduceL2", graph.relu(block), [2, 3], keepdims=False)
+        if not _nonnegative(block):  # a block that is a ReLU / ReLU6 output needs no second one
+            block = graph.relu(block)
+        norms = graph.reduce("ReduceL2", block, [2, 3], keepdims=False)
         return graph.reduce("ReduceMean", norms, [1], keepdims=False)
 
     def reference(self, taps):

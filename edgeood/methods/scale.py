@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeood.errors import EdgeoodError
-from edgeood.graph.head import rescale_logits
+from edgeood.graph.head import apply_head
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import k_from_percentile, linear, logsumexp
 
@@ -14,8 +14,8 @@ class Scale(Method):
     """k = D - round(D p / 100); s = exp(sum(a) / sum(topk(a, k))); score = logsumexp(W (a s) + b).
 
     a = z (post-ReLU features); the unpruned features are scaled. Nothing is fitted.
-    In the graph W (a s) + b is computed as s (logits - b) + b (the same value, no second
-    C x D matrix product).
+    In the graph W (a s) + b is the classifier's own head applied to a s (one Gemm: fewer
+    nodes than s (logits - b) + b, and the formula as written).
     """
 
     name = "scale"
@@ -37,7 +37,7 @@ class Scale(Method):
         return f"k {entry['k']}" if "k" in entry else ""
 
     def taps(self):
-        return ["z", "logits"]
+        return ["z"]
 
     def build(self, graph, t):
         a = t["z"]
@@ -45,7 +45,7 @@ class Scale(Method):
         top, _ = graph.topk(a, self.k(), axis=1)
         kept = graph.reduce("ReduceSum", top, [1], keepdims=True)
         s = graph.exp(graph.div(total, kept))
-        return graph.logsumexp(rescale_logits(graph, self.head, t["logits"], s), 1)
+        return graph.logsumexp(apply_head(graph, self.head, graph.mul(a, s)), 1)
 
     def reference(self, taps):
         a = np.asarray(taps["z"], np.float64)

@@ -36,6 +36,8 @@ class OrtBackend:
         specs = provider_specs(device, providers, tf32, cuda_graph,
                                fp16=precision == "float16")
         ensure_cache_folders(specs)
+        if any((p if isinstance(p, str) else p[0]) == TENSORRT for p in specs):
+            src = _tensorrt_source(src)  # the TensorRT EP parses with TensorRT's parser
         self.session = ort.InferenceSession(src, opts, providers=specs, enable_fallback=0)
         self.tf32, self.precision = tf32, precision
         inp = self.session.get_inputs()[0]
@@ -121,3 +123,22 @@ class OrtBackend:
 def _fixed(dims) -> list[int]:
     """Concrete dims for an empty feed: symbolic or unknown ones become 1."""
     return [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+
+
+def _tensorrt_source(src: str | bytes) -> str | bytes:
+    """The model with log-sum-exp max-shifted (edgeood.graph.trt_rewrite), as bytes; a path
+    that needs no rewrite, or whose weights live in external data, is passed through (the
+    rewrite of such a file is left to `edgeood build`)."""
+    import onnx
+    from edgeood.graph.trt_rewrite import needs_rewrite, tensorrt_model
+    model = onnx.load_from_string(src) if isinstance(src, bytes) else \
+        onnx.load(src, load_external_data=False)
+    if not needs_rewrite(model):
+        return src
+    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
+        from edgeood.progress import warn
+        warn(f"{src}: its weights are in external data, so the TensorRT provider gets it as "
+             "is, with ReduceLogSumExp unshifted (it overflows above 88.7); build an engine "
+             "with edgeood build instead")
+        return src
+    return tensorrt_model(model).SerializeToString()
