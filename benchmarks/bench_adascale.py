@@ -3,10 +3,15 @@ classifier, the folded AdaSCALE-A / -L detectors (forward + input gradient + sec
 one graph), and a PyTorch eager implementation of the same score (one thread). Timed round-robin
 in one run.
 
-    python benchmarks/bench_adascale.py [--rounds 8] [--per-round 5]
+    python benchmarks/bench_adascale.py [--rounds 8] [--per-round 5] [--batch 1 8 16]
+
+The JSON also holds ONNX Runtime's per-op-type profile of the folded adascale_a at batch 1
+(SessionOptions.enable_profiling: per node the median kernel time over the profiled runs,
+summed per op type), next to the classifier's.
 """
 from __future__ import annotations
 
+import collections
 import json
 import tempfile
 from pathlib import Path
@@ -16,10 +21,18 @@ import onnx
 import torch
 
 import edgeood
+from edgeood.runtime.node_count import added_nodes
 from edgeood.profile import round_robin
-from common import THREADS, lite0_graph, parser, session, tapped_session
+from common import NO_SPIN, THREADS, lite0_graph, parser, session, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
+PROFILE_RUNS = 20
+
+
+def to_model_bytes(graph, head) -> bytes:
+    from edgeood.graph.model import to_model
+    from edgeood.graph.taps import tapped
+    return to_model(tapped(graph, [head.logits])).SerializeToString()
 
 
 def torch_adascale(net, x, ref, variant, p_min=60.0, p_max=90.0, o=0.05, eps=0.5, lam=10.0):
@@ -52,18 +65,62 @@ def torch_adascale(net, x, ref, variant, p_min=60.0, p_max=90.0, o=0.05, eps=0.5
         return torch.logsumexp(out, dim=1)
 
 
+def op_profile(model, x, runs: int = PROFILE_RUNS) -> dict:
+    """ONNX Runtime's profiler on one single-threaded session: {op type: ms per run} (per node
+    the median over `runs` runs after 3 warm-ups, summed per op type; NCHWc reorders show as
+    ReorderInput / ReorderOutput) and the node count per op type of the optimized graph."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.log_severity_level = 3
+    for key, value in NO_SPIN.items():
+        opts.add_session_config_entry(key, value)
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(3 + runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_node, op_of = collections.defaultdict(list), {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[e["name"]].append(e["dur"] / 1e3)
+            op_of[e["name"]] = e["args"]["op_name"]
+    ms, nodes = collections.defaultdict(float), collections.Counter()
+    for name, durs in per_node.items():
+        ms[op_of[name]] += float(np.median(durs[-runs:]))
+        nodes[op_of[name]] += 1
+    order = sorted(ms, key=lambda k: -ms[k])
+    return {"ms_per_op_type": {k: round(ms[k], 4) for k in order},
+            "nodes_per_op_type": {k: nodes[k] for k in order},
+            "total_ms": round(sum(ms.values()), 4), "runs": runs}
+
+
 def main():
-    args = parser("benchmarks/results/adascale_lite0.json", 8, 5).parse_args()
+    ap = parser("benchmarks/results/adascale_lite0.json", 8, 5)
+    ap.set_defaults(batch=[1, 8, 16])
+    args = ap.parse_args()
     torch.set_num_threads(THREADS)
     src, graph, head = lite0_graph()
     variants = {"classifier": tapped_session(graph, [head.logits]).run}
     net = lite0.module()
     result = {"model": "efficientnet_lite0", "threads": THREADS, "batches": {}}
+    models = {"classifier": to_model_bytes(graph, head)}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("adascale_a", "adascale_l"):
-            res = edgeood.export(src, data=lite0.photos(100, seed=0), methods=[name],
-                                 recipe=lite0.RECIPE, out=Path(tmp) / f"{name}.onnx", batch=16)
+        result["added_nodes"] = {}
+        for name in ("adascale_a", "adascale_l", "adascale_a:search"):
+            method, _, selection = name.partition(":")
+            res = edgeood.export(src, data=lite0.photos(100, seed=0), methods=[method],
+                                 recipe=lite0.RECIPE, out=Path(tmp) / f"{method}{selection}.onnx",
+                                 batch=16, params={method: {"selection": selection or "topk"}})
             variants[f"folded:{name}"] = session(res.path).run
+            models[f"folded:{name}"] = str(res.path)
+            result["added_nodes"][name] = added_nodes(str(res.path), models["classifier"])
+            if selection:  # the same method with the other least-|g| selection
+                continue
+            name = method
             m = onnx.load(str(res.path))
             ref = next(onnx.numpy_helper.to_array(i) for i in m.graph.initializer
                        if i.name == f"{name}/q_reference").ravel()
@@ -83,18 +140,30 @@ def main():
                    for k, s in samples.items()}
             base = lat["classifier"]
             ratios = {}
-            for name in ("adascale_a", "adascale_l"):
-                f, t = lat[f"folded:{name}"], lat[f"torch_eager:{name}"]
+            for name in ("adascale_a", "adascale_l", "adascale_a:search"):
+                f, t = lat[f"folded:{name}"], lat[f"torch_eager:{name.partition(':')[0]}"]
                 ratios[name] = {"folded_over_classifier": f["p50_ms"] / base["p50_ms"],
                                 "folded_over_torch_eager": f["p50_ms"] / t["p50_ms"],
                                 "folded_over_classifier_min": f["min_ms"] / base["min_ms"]}
             result["batches"][str(b)] = {"latency": lat, "ratios": ratios}
+            if b == 1:
+                prof = {k: op_profile(models[k], x) for k in ("classifier", "folded:adascale_a",
+                                                              "folded:adascale_a:search")}
+                result["profile_batch1"] = prof
+                print("profile, batch 1 (ms per run, sum of per-node medians): classifier "
+                      f"{prof['classifier']['total_ms']:.2f}, folded adascale_a "
+                      f"{prof['folded:adascale_a']['total_ms']:.2f}: " + ", ".join(
+                          f"{k} {v:.2f}" for k, v in
+                          list(prof["folded:adascale_a"]["ms_per_op_type"].items())[:12]))
             print(f"batch {b}: classifier p50 {base['p50_ms']:.2f} ms")
             for name, r in ratios.items():
+                eager = lat[f"torch_eager:{name.partition(':')[0]}"]["p50_ms"]
                 print(f"  {name}: folded p50 {lat[f'folded:{name}']['p50_ms']:.2f} ms = "
                       f"{r['folded_over_classifier']:.2f}x classifier (min {r['folded_over_classifier_min']:.2f}x), "
                       f"{r['folded_over_torch_eager']:.2f}x torch eager "
-                      f"({lat[f'torch_eager:{name}']['p50_ms']:.2f} ms)")
+                      f"({eager:.2f} ms)")
+    print("nodes added after ORT_ENABLE_EXTENDED: " + ", ".join(
+        f"{k} {v['added']}" for k, v in result["added_nodes"].items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

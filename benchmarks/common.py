@@ -40,4 +40,6 @@ def parser(out: str, rounds: int, per_round: int) -> argparse.ArgumentParser:
     ap.add_argument("--per-round", type=int, default=per_round)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--out", default=out)
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="ONNX Runtime intra-op threads (set common.THREADS from it)")
     return ap

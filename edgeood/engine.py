@@ -575,6 +575,8 @@ def build_engine(req: BuildRequest, log: Log = _stderr, force: bool = False) -> 
     o = req.options
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
+    # the parser builds ScatterElements with a reduction (WeiPer's histogram) as a plugin
+    trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     network = builder.create_network(
         network_flags(trt.NetworkDefinitionCreationFlag, o.strongly_typed, features))

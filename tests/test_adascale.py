@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 import torch
 
@@ -37,12 +38,15 @@ def torch_adascale(net, features, x, method, head_weight, head_bias):
     return method.reference({"z": z, f"{method.name}/z_perturbed": zp, "logits": lg})
 
 
-@pytest.mark.parametrize("name", ["adascale_a", "adascale_l"])
-def test_digits_adascale_matches_torch_reference(name, digits_data, tmp_path):
+@pytest.mark.parametrize("name,params", [
+    ("adascale_a", {}), ("adascale_l", {}),
+    # n = 3 over the 64 inputs: limit 1 forces the n > limit paths, TopK rounds and the search
+    ("adascale_a", {"topk_limit": 1}), ("adascale_a", {"topk_limit": 1, "selection": "search"})])
+def test_digits_adascale_matches_torch_reference(name, params, digits_data, tmp_path):
     from edgeood.zoo import digits
     net = digits.train_cnn(digits_data, seed=0, epochs=3)
     res = edgeood.export(net, data=digits_data.val[0], methods=[name], recipe="digits_cnn",
-                         out=tmp_path / "a.onnx")
+                         out=tmp_path / "a.onnx", params={name: params})
     m = create(name, {k: v for k, v in res.metadata["methods"][name].items()
                       if k in create(name).defaults})
     from edgeood.graph.head import ClassifierHead
@@ -59,18 +63,20 @@ def test_digits_adascale_matches_torch_reference(name, digits_data, tmp_path):
 
 
 def test_least_mask_paths_agree_with_numpy():
-    """TopK path, multi-round path (small limit) and NumPy's stable argsort, with many ties."""
+    """TopK path, multi-round path (small limit), threshold-search path and NumPy's stable
+    argsort, with many ties."""
     import onnx_graphsurgeon as gs
     rng = np.random.default_rng(0)
     v = rng.integers(0, 6, size=(3, 50)).astype(np.float32)  # heavy ties
     outs = {}
-    for limit in (50, 7, 1):
+    for limit, selection in ((50, "topk"), (7, "topk"), (1, "topk"), (7, "search"),
+                             (1, "search")):
         x = gs.Variable("v", np.float32, ["n", 50])
         graph = gs.Graph(inputs=[x], opset=17)
-        mask = least_mask(graph, x, 23, limit)
+        mask = least_mask(graph, x, 23, limit, selection)
         mask.name, mask.dtype = "mask", np.float32
         graph.outputs = [mask]
-        outs[limit] = OrtBackend(to_model(graph).SerializeToString()).run(v)["mask"]
+        outs[limit, selection] = OrtBackend(to_model(graph).SerializeToString()).run(v)["mask"]
     want = least_mask_reference(v, 23)
     for limit, got in outs.items():
         np.testing.assert_array_equal(got, want, err_msg=f"limit {limit}")
@@ -110,8 +116,12 @@ def test_adascale_graph_within_tensorrt_limits(lite0_adascale):
     from edgeood.graph.trt_check import check_model
     model = onnx.load(str(lite0_adascale.path))
     assert check_model(model) == []
+    init = {i.name: i for i in model.graph.initializer}
     topks = [n for n in model.graph.node if n.op_type == "TopK"]
-    assert len(topks) >= 4  # two rounds of the least-|g| search per variant
+    # per variant: two least-|g| rounds (n = 7526 > 3839), top-k of z for Q' and of relu(z)
+    assert len(topks) >= 8
+    assert all(int(numpy_helper.to_array(init[n.input[1]]).ravel()[0]) <= 3839
+               for n in topks if n.input[1] in init)
     assert not any(n.op_type == "MaxPool" and len(n.output) > 1 for n in model.graph.node)
 
 

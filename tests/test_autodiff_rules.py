@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, numpy_helper
 from onnx.reference.op_run import OpRun
@@ -208,3 +209,130 @@ def test_resize_cubic_is_an_error():
 def test_gather_along_the_batch_axis_is_an_error():
     _error([N("Gather", ["x", "idx"], ["h"], axis=0)], {"idx": np.array([0], np.int64)},
            "batch axis")
+
+
+# --- the fast paths of the Conv / Pad / Gemm rules (ONNX Runtime CPU layouts) ------------------
+def _dw(c, k, scale=3.0):
+    return RNG.standard_normal((c, 1, k, k)) / scale
+
+
+CONV_PATHS = {
+    # strided depthwise, kernel taps >= 4 x stride cells: zero insertion (nearest Resize x
+    # stride grid) + stride-1 depthwise Conv; smaller ones: ConvTranspose
+    "dw_stride2_even_in_5x5": ((2, 4, 10, 10), [N("Conv", ["x", "W"], ["h"], group=4,
+                                                  strides=[2, 2], kernel_shape=[5, 5])],
+                               {"W": _dw(4, 5)}),
+    "dw_stride2_odd_in_5x5": ((2, 4, 9, 9), [N("Conv", ["x", "W"], ["h"], group=4, strides=[2, 2],
+                                               kernel_shape=[5, 5])], {"W": _dw(4, 5)}),
+    "dw_stride2_pads_asym": ((2, 3, 9, 8), [N("Conv", ["x", "W"], ["h"], group=3, strides=[2, 2],
+                                              pads=[1, 0, 2, 3])], {"W": _dw(3, 5)}),
+    "dw_stride3_dilated_7x7": ((1, 3, 17, 16), [N("Conv", ["x", "W"], ["h"], group=3,
+                                                   strides=[3, 3], dilations=[2, 2],
+                                                   pads=[2, 5, 1, 2])], {"W": _dw(3, 7)}),
+    "dw_stride2_3x3_convtranspose": ((2, 4, 8, 8), [N("Conv", ["x", "W"], ["h"], group=4,
+                                                      strides=[2, 2], kernel_shape=[3, 3])],
+                                     {"W": _dw(4, 3)}),
+    "dw_stride_2x1": ((2, 3, 8, 7), [N("Conv", ["x", "W"], ["h"], group=3, strides=[2, 1],
+                                       pads=[2, 2, 2, 2])], {"W": _dw(3, 5)}),
+    "dw_stride2_same_upper": ((2, 3, 8, 8), [N("Conv", ["x", "W"], ["h"], group=3, strides=[2, 2],
+                                               auto_pad="SAME_UPPER")], {"W": _dw(3, 5)}),
+    # TF-style Pad before the conv (EfficientNet-Lite0): the crop folds into the backward conv
+    "pad_then_dw_stride1": ((2, 4, 6, 6), [N("Pad", ["x", "pd"], ["p"], mode="constant"),
+                                           N("Conv", ["p", "W"], ["h"], group=4)],
+                            {"pd": np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64), "W": _dw(4, 5)}),
+    "pad_then_dw_stride2_3x3": ((2, 4, 8, 8), [N("Pad", ["x", "pd"], ["p"], mode="constant"),
+                                                N("Conv", ["p", "W"], ["h"], group=4,
+                                                  strides=[2, 2])],
+                                 {"pd": np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64),
+                                  "W": _dw(4, 3)}),
+    "pad_then_dw_stride2_k5": ((2, 4, 8, 8), [N("Pad", ["x", "pd"], ["p"], mode="constant"),
+                                              N("Conv", ["p", "W"], ["h"], group=4,
+                                                strides=[2, 2])],
+                               {"pd": np.array([0, 0, 1, 1, 0, 0, 2, 2], np.int64),
+                                "W": _dw(4, 5)}),
+    "pad_more_than_kernel_reach": ((2, 3, 5, 5), [N("Pad", ["x", "pd"], ["p"], mode="constant"),
+                                                  N("Conv", ["p", "W"], ["h"], group=3)],
+                                   {"pd": np.array([0, 0, 3, 0, 0, 0, 0, 3], np.int64),
+                                    "W": _dw(3, 3)}),
+    # the stem: 3 -> 8 channels, 3 x 3 stride 2 after a (0, 1) Pad (ConvTranspose, pads grown)
+    "pad_then_stem_stride2": ((2, 3, 8, 8), [N("Pad", ["x", "pd"], ["p"], mode="constant"),
+                                             N("Conv", ["p", "W"], ["h"], strides=[2, 2])],
+                              {"pd": np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64),
+                               "W": RNG.standard_normal((8, 3, 3, 3)) / 5}),
+    "pad_channels_then_1x1": ((2, 3, 4, 4), [N("Pad", ["x", "pd"], ["p"], mode="constant"),
+                                             N("Conv", ["p", "W"], ["h"])],
+                              {"pd": np.array([0, 1, 0, 0, 0, 2, 0, 0], np.int64),
+                               "W": RNG.standard_normal((4, 6, 1, 1)) / 3}),
+    # MBConv: 1 x 1 expand (MatMul backward) -> ReLU6 -> depthwise -> ReLU6 -> 1 x 1 project
+    "mbconv_relu6_masks_from_outputs": ((2, 4, 6, 6), [
+        N("Conv", ["x", "We", "be"], ["e"]), N("Clip", ["e", "lo", "hi"], ["ea"]),
+        N("Pad", ["ea", "pd"], ["ep"], mode="constant"),
+        N("Conv", ["ep", "Wd"], ["d"], group=8, strides=[2, 2]),
+        N("Clip", ["d", "lo", "hi"], ["da"]), N("Conv", ["da", "Wp"], ["pj"]),
+        N("Relu", ["pj"], ["h"])],
+        {"We": RNG.standard_normal((8, 4, 1, 1)), "be": RNG.standard_normal(8),
+         "lo": np.array(0.0), "hi": np.array(6.0), "Wd": _dw(8, 3, 1.0),
+         "pd": np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64),
+         "Wp": RNG.standard_normal((5, 8, 1, 1)) / 2}),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV_PATHS))
+def test_conv_paths(case):
+    shape, body, inits = CONV_PATHS[case]
+    check(shape, body, inits)
+
+
+def test_pad_crop_folds_into_the_backward_conv():
+    """No Slice for the Pad before a stride-1 depthwise conv, none before a ConvTranspose;
+    the strided 5 x 5 depthwise path (zero insertion) has no ConvTranspose."""
+    for case in ("pad_then_dw_stride1", "pad_then_dw_stride2_3x3", "pad_then_stem_stride2"):
+        shape, body, inits = CONV_PATHS[case]
+        graph = prepare(make_model(shape, body, inits, dtype=np.float32))
+        before = len(graph.nodes)
+        input_gradient(graph, graph.inputs[0], graph.outputs[0], 5)
+        crops = [n for n in graph.nodes[before:] if n.op in ("Slice", "Pad")
+                 and not isinstance(n.inputs[0], gs.Constant)]  # not the kernel flips
+        assert not crops, (case, [n.op for n in graph.nodes[before:]])
+    shape, body, inits = CONV_PATHS["pad_then_dw_stride2_k5"]
+    graph = prepare(make_model(shape, body, inits, dtype=np.float32))
+    before = len(graph.nodes)
+    input_gradient(graph, graph.inputs[0], graph.outputs[0], 5)
+    ops = [n.op for n in graph.nodes[before:]]
+    assert "Resize" in ops and "ConvTranspose" not in ops, ops
+
+
+def _head_model(head, x_shape=(2, 3, 4, 4), classes=5, dtype=np.float64):
+    """x -> Conv -> Relu -> Flatten -> head ('Gemm_transB0' with alpha, or 'MatMul') -> y."""
+    from onnx import helper
+    tp = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
+    d = 4 * x_shape[2] * x_shape[3]
+    rng = np.random.default_rng(3)
+    inits = {"W": rng.standard_normal((4, 3, 3, 3)) / 5, "Wh": rng.standard_normal((d, classes)) / 4,
+             "bh": rng.standard_normal(classes)}
+    nodes = [N("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), N("Relu", ["c"], ["r"]),
+             N("Flatten", ["r"], ["f"], axis=1)]
+    if head == "MatMul":
+        nodes.append(N("MatMul", ["f", "Wh"], ["y"]))
+        del inits["bh"]
+    else:
+        nodes.append(N("Gemm", ["f", "Wh", "bh"], ["y"], alpha=0.5, beta=2.0))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", tp, ["n", *x_shape[1:]])],
+                          [helper.make_tensor_value_info("y", tp, ["n", classes])],
+                          [numpy_helper.from_array(np.asarray(v, dtype), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("head", ["Gemm_transB0_alpha", "MatMul"])
+def test_argmax_row_of_the_head_is_gathered(head):
+    """The one-hot seed times the head weights becomes a Gather of the argmax row (column)."""
+    from tests.test_autodiff import fd_gradient
+    x = RNG.standard_normal((2, 3, 4, 4))
+    got, _ = graph_gradient(_head_model(head, dtype=np.float32), x)
+    want = fd_gradient(_head_model(head), x)
+    assert np.abs(got - want).max() / np.abs(want).max() < 2e-4
+    graph = prepare(_head_model(head, dtype=np.float32))
+    before = len(graph.nodes)
+    input_gradient(graph, graph.inputs[0], graph.outputs[0], 5)
+    ops = [n.op for n in graph.nodes[before:]]
+    assert "Gather" in ops and "Gemm" not in ops and "MatMul" not in ops, ops

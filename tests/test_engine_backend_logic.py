@@ -160,8 +160,16 @@ class FakeTrt(types.ModuleType):
         def __init__(self):
             pass
 
+    plugin_namespaces: list = []  # init_libnvinfer_plugins calls (before any Runtime)
+
+    @staticmethod
+    def init_libnvinfer_plugins(logger, namespace):
+        FakeTrt.plugin_namespaces.append(namespace)
+        return True
+
     class Runtime:
         def __init__(self, logger):
+            assert FakeTrt.plugin_namespaces, "plugins registered before the runtime"
             self.DLA_core = None
 
         def deserialize_cuda_engine(self, plan):

@@ -8,8 +8,16 @@ import pytest
 
 import edgeood
 from edgeood import metadata
+from edgeood.methods.weiper import (
+    bin_estimator,
+    graph_bin_counts,
+    histogram_edges,
+    histogram_form,
+    histograms,
+    smooth,
+    sym_kl,
+)
 from edgeood.metrics import auroc
-from edgeood.methods.weiper import histogram_edges, histograms, smooth, sym_kl
 from edgeood.runtime.ort_backend import OrtBackend
 from tests.conftest import fitted_methods
 
@@ -100,6 +108,111 @@ def test_histogram_smoothing_and_kl_by_hand():
     assert sym_kl(p, q, 0.01)[0] == pytest.approx(((pp - qq) * (np.log(pp) - np.log(qq))).sum())
     e = histogram_edges(0.0, 1000.0, 4)
     assert e[-1] > np.float32(1000.0) and len(e) == 5
+
+
+def _adversarial_rows(edges, length, extra=(), seed=0):
+    """Rows of `length` values holding every edge, the float32 on each side of it, the values
+    in `extra`, infinities, NaN, huge and signed zeros; padded with uniform values around the
+    range; plus one row of uniform values."""
+    f32 = np.float32
+    e = np.asarray(edges, f32)
+    adv = np.concatenate([e, np.nextafter(e, f32(-np.inf)), np.nextafter(e, f32(np.inf)),
+                          np.asarray(extra, f32), [np.inf, -np.inf, np.nan, 3.4e38, -3.4e38,
+                                                   0.0, -0.0]]).astype(f32)
+    rng = np.random.default_rng(seed)
+    width = float(e[-1] - e[0]) or 1.0
+    pad = lambda k: rng.uniform(e[0] - 0.1 * width, e[-1] + 0.1 * width, k).astype(f32)
+    rows = [np.concatenate([chunk, pad(length - len(chunk))])
+            for chunk in np.array_split(adv, -(-len(adv) // length))]
+    rows.append(pad(length))
+    return np.stack(rows)
+
+
+def _graph_counts(v, edges, form):
+    import onnx_graphsurgeon as gs
+
+    from edgeood.graph.model import to_model
+    x = gs.Variable("v", np.float32, ["n", v.shape[1]])
+    graph = gs.Graph(inputs=[x], opset=17)
+    counts = graph_bin_counts(graph, x, edges, v.shape[1], form)
+    counts.name, counts.dtype = "counts", np.float32
+    graph.outputs = [counts]
+    model = to_model(graph)
+    ops = {n.op_type for n in model.graph.node}
+    assert ("ScatterElements" in ops) == (form == "scatter") and "Gather" not in ops
+    return OrtBackend(model.SerializeToString()).run(v)["counts"]
+
+
+@pytest.mark.parametrize("length", [128, 600, 100000])
+def test_in_graph_histogram_is_exact_on_adversarial_values(digits_weiper, length):
+    """Both forms against histograms() exactly (integer counts), on values at, and one float32
+    either side of, every edge, outside the range (incl. +-inf and NaN), the fitted min and max
+    and the nudged last edge: the digits detector's fitted edges and synthetic ones (the
+    (0, 1000) edges have their last edge nudged; a constant row's edges are too far from
+    uniform for the bin estimate and keep compare-and-count)."""
+    init = {i.name: onnx.numpy_helper.to_array(i)
+            for i in onnx.load(str(digits_weiper.path)).graph.initializer}
+    cases = {"digits_z": (init["weiper_kld/edges_z"].ravel(), ()),
+             "digits_L": (init["weiper_kld/edges_L"].ravel(), ())}
+    for lo, hi in [(0.0, 1000.0), (-3.2, 7.9), (-1e4, -9e3), (5.0, 5.0)]:
+        cases[f"{lo}_{hi}"] = (histogram_edges(lo, hi, 100), (lo, hi))
+    assert cases["0.0_1000.0"][0][-1] == np.nextafter(np.float32(1000), np.float32(np.inf))
+    for name, (edges, extra) in cases.items():
+        v = _adversarial_rows(edges, length, extra)
+        want = histograms(v, edges)
+        forms = ["compare"] + (["scatter"] if bin_estimator(edges) is not None else [])
+        assert ("scatter" in forms) == (name != "5.0_5.0"), name
+        for form in forms:
+            got = _graph_counts(v, edges, form)
+            np.testing.assert_array_equal(got.astype(np.float64) / length, want,
+                                          err_msg=f"{name} {form}")
+    # the plain floor estimate misses by one next to edges: the correction is needed
+    e = cases["-3.2_7.9"][0]
+    v = np.concatenate([e, np.nextafter(e, np.float32(-np.inf))])
+    naive = np.floor((v - e[0]) * np.float32(100 / (float(e[-1]) - float(e[0])))) + 1
+    assert np.any(naive != np.searchsorted(e, v, side="right"))
+
+
+def test_histogram_form_choice():
+    edges = histogram_edges(-3.2, 7.9, 100)
+    assert histogram_form(edges, 100000, 17) == "scatter"
+    assert histogram_form(edges, 100000, 15) == "compare"     # ScatterElements reduction: 16
+    assert histogram_form(edges, 600, 17) == "compare"        # auto: small rows
+    assert histogram_form(edges, 600, 17, "scatter") == "scatter"
+    assert histogram_form(edges, 100000, 17, "compare") == "compare"
+    assert histogram_form(histogram_edges(5.0, 5.0, 100), 100000, 17) == "compare"
+
+
+def test_scatter_histograms_on_digits(digits_weiper, digits_model, digits_data, tmp_path):
+    """histogram=scatter (z: 128 values, L~: 600, below auto's threshold) gives the
+    compare-and-count detector's scores exactly; edgeood check: trt10 builds the reducing
+    scatters (plugin note), trt8.6 reports them."""
+    from edgeood.errors import EdgeoodError
+    from edgeood.graph.trt_check import check_target
+    from edgeood.zoo import digits
+    x = digits.PREPROCESS.normalize(np.concatenate([digits_data.test[0][:200],
+                                                    digits_data.far[:50]]))
+    base = OrtBackend(digits_weiper.path).run(x)
+    assert not any(n.op_type == "ScatterElements"
+                   for n in onnx.load(str(digits_weiper.path)).graph.node)
+    res = edgeood.export(digits_model, data=digits_data.val[0], methods=METHODS,
+                         recipe="digits_cnn", out=tmp_path / "scatter.onnx",
+                         params={m: {"histogram": "scatter"} for m in METHODS})
+    model = onnx.load(str(res.path))
+    scatters = [n for n in model.graph.node if n.op_type == "ScatterElements"]
+    assert len(scatters) == 2 and all(a.s == b"add" for n in scatters for a in n.attribute
+                                      if a.name == "reduction")
+    out = OrtBackend(res.path).run(x)
+    for m in METHODS:
+        np.testing.assert_array_equal(out[f"score_{m}"], base[f"score_{m}"])
+    problems, notes = check_target(model, "trt10")
+    assert problems == [] and any("ScatterElements plugin" in n for n in notes)
+    problems, _ = check_target(model, "trt8.6")
+    assert sum("reduction=add is ignored" in p for p in problems) == 2
+    with pytest.raises(EdgeoodError, match="histogram must be one of"):
+        edgeood.export(digits_model, data=digits_data.val[0], methods=["weiper_kld"],
+                       recipe="digits_cnn", out=tmp_path / "bad.onnx",
+                       params={"weiper_kld": {"histogram": "sort"}})
 
 
 def test_seed_fixes_the_perturbation(digits_model, digits_data, tmp_path):

@@ -46,6 +46,14 @@ class _Backward:
     def __init__(self, graph: gs.Graph, on_path: set[str] | None = None):
         self.g = graph
         self.on_path = on_path or set()
+        self.forward = {id(n) for n in graph.nodes}  # nodes that are not the backward pass's
+
+    def fresh(self, t) -> gs.Node | None:
+        """The backward-pass node that made t, when nothing reads t yet (so it may be changed)."""
+        if not isinstance(t, gs.Variable) or t.outputs or len(t.inputs) != 1:
+            return None
+        node = t.inputs[0]
+        return None if id(node) in self.forward or len(node.outputs) != 1 else node
 
     def c(self, values, dtype=F32) -> gs.Constant:
         return constant(self.g, values, dtype=dtype)
@@ -81,8 +89,10 @@ def _identity(b, node, g):
 
 @rule("Relu")
 def _relu(b, node, g):
-    """relu'(x) = [x > 0], as a float mask times g (ORT's Where is ~10x slower than Cast+Mul)."""
-    return [b.g.mul(g[0], b.g.cast(b.g.greater(node.inputs[0], F32(0))))]
+    """relu'(x) = [x > 0] = [y > 0] exactly (y = max(x, 0)), as a float mask times g (ORT's
+    Where is ~10x slower than Cast+Mul, Sign ~2x slower than Greater+Cast). The mask reads the
+    OUTPUT: the pre-activation then need not exist, so ONNX Runtime keeps its Conv+Relu fusion."""
+    return [b.g.mul(g[0], b.g.cast(b.g.greater(node.outputs[0], F32(0))))]
 
 
 @rule("LeakyRelu")
@@ -103,8 +113,12 @@ def _clip_bounds(node):
 
 @rule("Clip")
 def _clip(b, node, g):
-    """[lo < x < hi] (strict, as torch's hardtanh backward), as a float mask times g."""
-    x = node.inputs[0]
+    """[lo < x < hi] (strict, as torch's hardtanh backward), as a float mask times g. For
+    y = Clip(x, lo, hi) the mask equals [lo < y < hi] exactly (x <= lo gives y = lo, x >= hi
+    gives y = hi, else y = x; NaN fails both ways), so it reads the OUTPUT, which keeps ONNX
+    Runtime's Conv+Clip fusion (ReLU6): a rule reading x would force the pre-activation to
+    exist."""
+    x = node.outputs[0]
     lo, hi = _clip_bounds(node)
     mask = None
     if lo is not None:
@@ -401,8 +415,40 @@ def _pad(b, node, g):
             ax.append(a)
     if not ax:
         return [g[0], None, None, None][:len(node.inputs)]
+    rank_x = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+    crop = {a % rank_x: (pads[i], pads[i + rank]) for i, a in enumerate(axes)} if rank_x else {}
+    merged = _crop_into_producer(b, g[0], crop, rank_x)
+    if merged is not None:
+        return [merged] + [None] * (len(node.inputs) - 1)
     sl = b.op("Slice", [g[0], b.c(starts, np.int64), b.c(ends, np.int64), b.c(ax, np.int64)])
     return [sl] + [None] * (len(node.inputs) - 1)
+
+
+def _crop_into_producer(b, t, crop: dict, rank):
+    """The gradient of a zero Pad (a crop of t) folded into the backward Conv / ConvTranspose
+    that made t, by taking the crop off its pads (Conv: fewer pads; ConvTranspose: more pads
+    crop its output): no Slice, and no layout change around one. None where it does not fit
+    (crop on non-spatial axes, a Conv padded less than the crop, or t read elsewhere)."""
+    node = b.fresh(t)
+    if node is None or node.op not in ("Conv", "ConvTranspose") or rank is None:
+        return None
+    spatial = rank - 2
+    if any(a < 2 and (lo or hi) for a, (lo, hi) in crop.items()):
+        return None
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        return None
+    pads = list(node.attrs.get("pads", [0] * (2 * spatial)))
+    if len(pads) != 2 * spatial:
+        return None
+    sign = -1 if node.op == "Conv" else 1
+    for a, (lo, hi) in crop.items():
+        if a >= 2:
+            pads[a - 2] += sign * lo
+            pads[a - 2 + spatial] += sign * hi
+    if any(v < 0 for v in pads):
+        return None
+    node.attrs["pads"] = pads
+    return t
 
 
 @rule("Slice")
@@ -615,11 +661,39 @@ def _resize(b, node, g):
 
 
 # --- linear -----------------------------------------------------------------------------------
+def _onehot_index(t):
+    """The [N, 1] ArgMax index when t is argmax_onehot's float one-hot (Cast(Equal(ArgMax,
+    arange))), else None."""
+    cast = t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
+    eq = cast.inputs[0].inputs[0] if cast is not None and cast.op == "Cast" and \
+        cast.inputs[0].inputs else None
+    if eq is None or eq.op != "Equal" or not eq.inputs[0].inputs or \
+            eq.inputs[0].inputs[0].op != "ArgMax":
+        return None
+    return eq.inputs[0]
+
+
+def _pick_rows(b, w, idx, transposed: bool, alpha: float):
+    """one-hot(idx) @ W^T (transposed: W is [classes, D]) or one-hot(idx) @ W^T of W [D,
+    classes]: the idx-th row (column) of W, gathered instead of a full Gemm with a one-hot
+    (the same values exactly: the other products are 0 * w = 0)."""
+    rows = b.op("Gather", [w, idx], {"axis": 0 if transposed else 1})      # [N, 1, D] / [D, N, 1]
+    if not transposed:
+        rows = b.op("Transpose", [rows], {"perm": [1, 2, 0]})
+    rows = b.op("Reshape", [rows, b.c([0, -1], np.int64)])
+    return rows if alpha == 1.0 else b.g.mul(rows, F32(alpha))
+
+
 @rule("Gemm")
 def _gemm(b, node, g):
     if node.attrs.get("transA", 0) or not isinstance(node.inputs[1], gs.Constant):
         raise EdgeoodError(f"Gemm node '{node.name}': only x @ W with constant W has a rule")
-    attrs = {"transB": 1 - int(node.attrs.get("transB", 0)), "alpha": float(node.attrs.get("alpha", 1.0))}
+    alpha = float(node.attrs.get("alpha", 1.0))
+    idx = _onehot_index(g[0])
+    if idx is not None:
+        return [_pick_rows(b, node.inputs[1], idx, bool(node.attrs.get("transB", 0)), alpha)] + \
+            [None] * (len(node.inputs) - 1)
+    attrs = {"transB": 1 - int(node.attrs.get("transB", 0)), "alpha": alpha}
     return [b.op("Gemm", [g[0], node.inputs[1]], attrs)] + [None] * (len(node.inputs) - 1)
 
 
@@ -629,6 +703,9 @@ def _matmul(b, node, g):
     if not isinstance(w, gs.Constant) or w.values.ndim != 2:
         raise EdgeoodError(f"MatMul node '{node.name}': only x @ W with a constant 2-D W has a rule")
     if node.inputs[0].shape is not None and len(node.inputs[0].shape) == 2:
+        idx = _onehot_index(g[0])
+        if idx is not None:
+            return [_pick_rows(b, w, idx, False, 1.0), None]
         return [b.op("Gemm", [g[0], w], {"transB": 1}), None]
     return [b.op("MatMul", [g[0], b.c(np.ascontiguousarray(w.values.T))]), None]
 
@@ -682,11 +759,17 @@ def _flipped(b, w):
 
 
 def _depthwise_backward(b, grad, w, k, s, d, p, in_spatial, out_spatial):
-    """Stride-1 depthwise conv gradient as a depthwise Conv of the gradient with the flipped
-    kernel; None when the geometry needs ConvTranspose."""
+    """Depthwise conv gradient as a stride-1 depthwise Conv of the gradient with the flipped
+    kernel (ONNX Runtime runs it in NCHWc; its grouped ConvTranspose is slow); for stride s
+    and a large kernel the gradient is first spread onto the stride grid (_zero_insert). None
+    where ConvTranspose is used instead (small strided kernels, pads beyond the kernel's
+    reach)."""
     spatial = len(k)
-    if any(v != 1 for v in s):  # zero insertion (6-D Pad) measured slower than ConvTranspose
-        return None
+    if any(v != 1 for v in s):
+        if np.prod(k) < 4 * np.prod(s):  # 3 x 3 stride 2: ConvTranspose measured faster
+            return None
+        grad = _zero_insert(b, grad, s, out_spatial)
+        out_spatial = [out_spatial[i] * s[i] for i in range(spatial)]
     begin = [(k[i] - 1) * d[i] - p[i] for i in range(spatial)]
     end = [in_spatial[i] - out_spatial[i] - begin[i] + (k[i] - 1) * d[i] for i in range(spatial)]
     if any(v < 0 for v in begin):
@@ -700,6 +783,24 @@ def _depthwise_backward(b, grad, w, k, s, d, p, in_spatial, out_spatial):
         out = b.op("Slice", [out, b.c([0] * spatial, np.int64), b.c(in_spatial, np.int64),
                              b.c(list(range(2, 2 + spatial)), np.int64)])
     return out
+
+
+def _zero_insert(b, grad, s, out_spatial):
+    """g[o] placed at o * s with zeros between (the strided conv's adjoint before its stride-1
+    conv): a nearest Resize by s (asymmetric, floor: z[j] = g[j // s]) times a constant 0/1
+    stride-grid mask. Measured on EfficientNet-Lite0's strided depthwise convs (ONNX Runtime
+    CPU, one thread, batch 1 and 8): 5 x 5 kernels 2x faster than ConvTranspose, 3 x 3 up to
+    20% slower (so used where the kernel has >= 4 x stride-cell taps); the phase
+    decomposition (s * s phase convs + DepthToSpace or a one-hot ConvTranspose to interleave)
+    lost to both: ORT's DepthToSpace / 6-D Transpose move ~4 ns per element."""
+    spatial = len(s)
+    scales = b.c([1.0, 1.0] + [float(v) for v in s])
+    up = b.op("Resize", [grad, gs.Variable.empty(), scales],
+              {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+               "nearest_mode": "floor"})
+    grid = np.zeros([1, 1] + [out_spatial[i] * s[i] for i in range(spatial)], F32)
+    grid[(slice(None), slice(None)) + tuple(slice(None, None, v) for v in s)] = 1.0
+    return b.g.mul(up, b.c(grid))
 
 
 @rule("Conv")
@@ -717,6 +818,8 @@ def _conv(b, node, g):
     rest = [None] * (len(node.inputs) - 1)
     c_out, c_in_per_group = w.values.shape[:2]
     if group == 1 and all(v == 1 for v in k + s) and not any(p):
+        # a 1x1 Conv with W's channel axes swapped (measured against a MatMul over the flat
+        # spatial axes, which skips ORT's NCHWc reorders: within noise, and 3 Reshapes more)
         wt = b.op("Transpose", [w], {"perm": [1, 0] + list(range(2, w.values.ndim))})
         return [b.op("Conv", [g[0], wt], {"kernel_shape": k})] + rest
     if group > 1 and group == c_out and c_in_per_group == 1 and xs[1] == group:

@@ -352,24 +352,3 @@ def apply_head(graph: gs.Graph, head: ClassifierHead, z: gs.Tensor) -> gs.Variab
         return graph.gemm(z, *consts, attrs=head.attrs)
     y = graph.matmul(z, consts[0])
     return graph.add(y, consts[1]) if len(consts) > 1 else y
-
-
-def rescale_logits(graph: gs.Graph, head: ClassifierHead, logits: gs.Tensor,
-                   s: gs.Tensor) -> gs.Variable:
-    """W (z * s) + b for a per-sample scalar s (N x 1), as s * (logits - b) + b: the same
-    value without a second C x D product."""
-    if not np.any(head.bias):
-        return graph.mul(logits, s)
-    b = graph_bias(graph, head)
-    return graph.add(graph.mul(graph.sub(logits, b), s), b)
-
-
-def graph_bias(graph: gs.Graph, head: ClassifierHead) -> gs.Tensor:
-    """The head's bias as a C-vector constant (the graph's own when it already is one)."""
-    tensors = graph.tensors()
-    if len(head.constants) > 1:
-        t = tensors[head.constants[-1]]
-        if isinstance(t, gs.Constant) and t.values.shape == (head.num_classes,) and \
-                np.array_equal(t.values, head.bias):
-            return t
-    return constant(graph, head.bias, "bias")

@@ -333,3 +333,10 @@ def scatter_add(self, data, indices, updates, axis: int = 1):
         raise ValueError(f"ScatterElements with reduction needs opset >= 16 (graph: {self.opset})")
     return _layer(self, "ScatterElements", [data, indices, updates],
                   {"axis": int(axis), "reduction": "add"}, dtypes=[_dtype_of(data)])
+
+
+# --- selection (AdaSCALE's least-|g| threshold search) ----------------------------------------
+@gs.Graph.register()
+def cumsum(self, x, axis: int = 1):
+    """Inclusive running sum along one axis (a constant axis, as TensorRT's parser needs)."""
+    return _layer(self, "CumSum", [x, np.asarray(int(axis), dtype=I64)], dtypes=[_dtype_of(x)])

@@ -1,6 +1,7 @@
 """Check an exported graph against the TensorRT ONNX parser's documented limits, so problems
 show up here rather than on the Jetson: opset range, TopK with K < 3840 and sorted output,
-constant reduction axes, no Sort/Unique/NonZero/String ops, MaxPool without its Indices output."""
+constant reduction axes, no Sort/Unique/NonZero/String ops, MaxPool without its Indices output;
+per target also ScatterElements with a reduction (TensorRT 10's plugin, ignored by 8.6)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,12 +64,17 @@ class Target:
     activation_per_channel: bool  # per-channel Q/DQ on activations (not only on weights)
     strongly_typed: bool   # every type change an explicit Cast, no mixed-type inputs
     unsupported: frozenset = frozenset()
+    # ScatterElements with reduction (add / mul / max / min): built with TensorRT's
+    # ScatterElements plugin from 10.0 (onnx-tensorrt onnxOpImporters.cpp, scatterPluginHelper);
+    # the 8.6 parser (builtin_op_importers.cpp) reads only the axis: a plain scatter
+    scatter_reduction: bool = True
 
 
 TARGETS = {
     "trt8.6": Target("trt8.6", (9, 17), int64=False, qdq_types=("int8",),
                      activation_per_channel=False, strongly_typed=False,
-                     unsupported=frozenset({"DequantizeLinear:int32", "QuantizeLinear:int32"})),
+                     unsupported=frozenset({"DequantizeLinear:int32", "QuantizeLinear:int32"}),
+                     scatter_reduction=False),
     "trt10": Target("trt10", (9, 20), int64=True, qdq_types=("int8", "float8e4m3fn", "int4"),
                     activation_per_channel=True, strongly_typed=False),
     "trt11": Target("trt11", (9, 20), int64=True, qdq_types=("int8", "float8e4m3fn", "int4"),
@@ -101,9 +107,21 @@ def check_target(model: onnx.ModelProto, target: str) -> tuple[list[str], list[s
               if i.data_location != onnx.TensorProto.EXTERNAL}
     inits = {i.name for i in model.graph.initializer}
     name = lambda n: f"{n.op_type} node '{n.name}'"
+    reducing_scatters = []
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             problems += _qdq_problems(node, t, types, values, inits, name(node))
+        if node.op_type == "ScatterElements":
+            reduction = next((onnx.helper.get_attribute_value(a) for a in node.attribute
+                              if a.name == "reduction"), b"none")
+            reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+            if reduction != "none":
+                reducing_scatters.append(node.name)
+                if not t.scatter_reduction:
+                    problems.append(f"{name(node)}: reduction={reduction} is ignored by "
+                                    f"{t.name}'s parser (a plain scatter: duplicates overwrite "
+                                    "instead of accumulating); export at opset < 16, or for "
+                                    "WeiPer with --param weiper_kld.histogram=compare")
         if t.strongly_typed and node.op_type in SAME_TYPE_OPS:
             float_in = {types.get(i) for i in node.input[:3 if node.op_type != "BatchNormalization"
                                                          else 1] if i and types.get(i)}
@@ -122,6 +140,13 @@ def check_target(model: onnx.ModelProto, target: str) -> tuple[list[str], list[s
         outs = [o.name for o in model.graph.output if types.get(o.name) == onnx.TensorProto.INT64]
         if outs:
             notes.append(f"outputs {', '.join(outs)} are INT32 in a {t.name} engine")
+    if reducing_scatters and t.scatter_reduction:
+        notes.append(f"{len(reducing_scatters)} ScatterElements node(s) with a reduction "
+                     f"({', '.join(reducing_scatters[:4])}{' ...' if len(reducing_scatters) > 4 else ''}"
+                     f"): {t.name}'s parser builds them with TensorRT's ScatterElements plugin "
+                     "(libnvinfer_plugin; INT64 indices): trtexec loads it, other builders and "
+                     "runtimes register it first (initLibNvInferPlugins, in Python "
+                     "trt.init_libnvinfer_plugins(logger, ''))")
     if t.strongly_typed:
         problems += _typing_problems(model, types)
     external = any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)

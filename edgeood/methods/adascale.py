@@ -12,10 +12,12 @@ much the top penultimate activations move under a small input perturbation along
 
 Deviations, documented: the official code at its HEAD swaps k1 and k2 in calibration only; we
 follow the formulas above in both places (they match the original, consistent release). For
-n >= 3840 (TensorRT's TopK limit) the least-|g| set is found exactly by successive TopK rounds
-of at most 3839 elements, each round excluding the elements already chosen (ScatterElements),
-which keeps the lower-index tie rule; in-graph W (z exp(r)) + b is computed as
-exp(r) (logits - b) + b.
+n >= 3840 (TensorRT's TopK limit) the least-|g| set is found exactly, keeping the lower-index
+tie rule: by successive TopK rounds of at most 3839 elements, each excluding the elements
+already chosen (selection=topk, the default: few nodes), or by a 32-step search for the n-th
+smallest |g| over the float32 bits and a CumSum over its ties (selection=search: faster on
+ONNX Runtime CPU, ~220 nodes more). In the
+graph W (z exp(r)) + b is the head's own Gemm applied to z exp(r).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import onnx_graphsurgeon as gs
 from edgeood.conventions import MAX_REFERENCE, TOPK_LIMIT
 from edgeood.errors import EdgeoodError
 from edgeood.graph.autodiff import input_gradient
-from edgeood.graph.head import rescale_logits
+from edgeood.graph.head import apply_head
 from edgeood.graph.subgraph import clone_between
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import logsumexp
@@ -38,9 +40,29 @@ SMALL_D = 100  # below this, floor(D k1 / 100) = 0 at the default k1 = 1
 
 
 # --- graph pieces -----------------------------------------------------------------------------
-def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = TOPK_LIMIT) -> gs.Variable:
-    """float32 [N, L] mask of the n smallest entries per row (ties: lower index), using TopK
-    calls of at most `limit` elements."""
+SELECTIONS = ("topk", "search")
+
+
+def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = TOPK_LIMIT,
+               selection: str = "topk") -> gs.Variable:
+    """float32 [N, L] mask of the n smallest entries per row of v >= 0 (ties: lower index).
+    n <= limit: one TopK of n. Larger n (TensorRT's TopK needs K < 3840), two exact forms:
+    - "topk": TopK rounds of at most `limit`, each excluding the entries already chosen
+      (ScatterElements); few nodes (on a GPU each node is a kernel launch).
+    - "search": the n-th smallest value found by a fixed 32-step search (_nth_smallest), then
+      the entries below it and, of those equal to it, the first ones by index (CumSum); about
+      220 nodes more, and faster on ONNX Runtime CPU: on EfficientNet-Lite0's 150528 input
+      entries 2.6 ms against 4.6 ms for two TopK rounds of 3839 (its heap of K int64 indices).
+    """
+    if n <= 0:
+        return graph.mul(v, np.float32(0))
+    if n > limit and selection == "search":
+        t = _nth_smallest(graph, v, n)
+        below = graph.cast(graph.less(v, t))
+        rest = graph.sub(np.float32(n), graph.reduce("ReduceSum", below, [1], keepdims=True))
+        tied = graph.cast(graph.equal(v, t))
+        first = graph.cast(graph.less_equal(graph.cumsum(tied, 1), rest))
+        return graph.add(below, graph.mul(tied, first))
     parts, cur, left = [], v, n
     while left > 0:
         k = min(left, limit)
@@ -51,6 +73,35 @@ def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = TOPK_LIMIT) -
             cur = graph.scatter_elements(cur, idx, graph.fill_like(idx, np.inf))
     idx = parts[0] if len(parts) == 1 else graph.concat(parts, axis=1)
     return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
+
+
+_POW2 = np.zeros(512, np.float32)  # _POW2[i] = 2^(i - 150) (i >= 1; +inf past 2^127), 0 at i = 0
+_POW2[1:] = np.where(np.arange(1, 512) - 150 <= 127,
+                     np.ldexp(1.0, np.minimum(np.arange(1, 512) - 150, 127)), np.inf)
+
+
+def _nth_smallest(graph: gs.Graph, v: gs.Tensor, n: int) -> gs.Variable:
+    """[N, 1]: the n-th smallest entry of each row of v (float32 >= 0), exactly: the largest
+    float u with #{v < u} < n, built bit by bit from the top, as a fixed sequence of counts
+    (Less, Cast, ReduceSum). First the binade 2^E (9 steps over E in [-149, 127], the powers
+    of two gathered from a constant table, 0 when u < 2^-149), then the 23 mantissa bits: each
+    candidate u + 2^(E-k) is exact within the binade (underflowing steps are exactly 0)."""
+    from edgeood.graph.ops import constant
+    table = constant(graph, _POW2)
+    count_ok = lambda u: graph.less(  # noqa: E731
+        graph.reduce("ReduceSum", graph.cast(graph.less(v, u)), [1], keepdims=True), np.float32(n))
+    index = None  # float [N, 1] index into the table (exact small integers)
+    for bit in (256, 128, 64, 32, 16, 8, 4, 2, 1):
+        cand = np.full([1, 1], bit, np.float32) if index is None else graph.add(index, np.float32(bit))
+        value = graph.gather(table, graph.cast(cand, np.int64))
+        index = graph.where(count_ok(value), cand, np.zeros([1, 1], np.float32) if index is None
+                            else index)
+    base = graph.gather(table, graph.cast(index, np.int64))
+    u = base
+    for k in range(1, 24):
+        cand = graph.add(u, graph.mul(base, np.float32(2.0 ** -k)))
+        u = graph.where(count_ok(cand), cand, u)
+    return u
 
 
 def least_mask_reference(v: np.ndarray, n: int) -> np.ndarray:
@@ -64,7 +115,8 @@ def least_mask_reference(v: np.ndarray, n: int) -> np.ndarray:
 class _AdaScale(Method):
     variant = "A"
     defaults = {"lambda_": 10.0, "o": 0.05, "eps": 0.5, "k1": 1.0, "k2": 5.0, "p_min": 60.0,
-                "p_max": 90.0, "topk_limit": TOPK_LIMIT, "pass_precision": "float32"}
+                "p_max": 90.0, "topk_limit": TOPK_LIMIT, "pass_precision": "float32",
+                "selection": "topk"}
     graph_arrays = ("q_reference",)
     tune_space = {"p_max": TUNE_GRID}
     needs_fit = True
@@ -79,6 +131,9 @@ class _AdaScale(Method):
             raise EdgeoodError(f"{self.name}: o must be in (0, 1], k1 and k2 in [0, 100]")
         if not 1 <= int(p["topk_limit"]) <= TOPK_LIMIT:
             raise EdgeoodError(f"{self.name}.topk_limit must be in [1, {TOPK_LIMIT}]")
+        if p["selection"] not in SELECTIONS:
+            raise EdgeoodError(f"{self.name}.selection must be topk (fewest nodes: GPUs) or "
+                               "search (faster on ONNX Runtime CPU)")
         if p["pass_precision"] not in PASS_PRECISIONS:
             raise EdgeoodError(f"{self.name}.pass_precision must be one of "
                                f"{', '.join(PASS_PRECISIONS)}")
@@ -123,7 +178,8 @@ class _AdaScale(Method):
         n = int(np.prod(chw) * self.params["o"])
         grad, z32 = self._gradient(graph, x, logits, z)
         flat = graph.reshape(graph.abs_(grad), [0, -1])
-        mask = least_mask(graph, flat, n, int(self.params["topk_limit"]))
+        mask = least_mask(graph, flat, n, int(self.params["topk_limit"]),
+                          self.params["selection"])
         step = graph.mul(graph.sign(grad), np.float32(self.params["eps"]))
         # a constant target shape (batch copied by the 0): no int64 Shape node, which ONNX
         # Runtime's CUDA provider would run on the CPU
@@ -215,7 +271,7 @@ class _AdaScale(Method):
         r = graph.div(graph.reduce("ReduceSum", a, [1], keepdims=True),
                       graph.reduce("ReduceSum", graph.mul(top, keep), [1], keepdims=True))
         if self.variant == "A":
-            logits = rescale_logits(graph, self.head, t["logits"], graph.exp(r))
+            logits = apply_head(graph, self.head, graph.mul(t["z"], graph.exp(r)))
         else:
             logits = graph.mul(t["logits"], graph.mul(r, r))
         return graph.logsumexp(logits, 1)

@@ -186,6 +186,8 @@ class TensorRTBackend:
         plan = path.read_bytes()
         check_plan(path, self.section, plan)
         self.logger = trt.Logger(trt.Logger.WARNING)
+        # plugins an engine may hold (WeiPer's ScatterElements with reduction="add")
+        trt.init_libnvinfer_plugins(self.logger, "")
         self.runtime = trt.Runtime(self.logger)
         dla = self.section.get("dla_core")
         if isinstance(dla, int):
