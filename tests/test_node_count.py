@@ -42,3 +42,19 @@ def test_six_methods_share_one_lookup(lite0_model, lite0_photos, tmp_path):
     assert count["added"] <= budget, count
     ops = count["by_op"]
     assert ops.get("LessOrEqual") == 1 and ops.get("Less") == 1 and ops.get("Split") == 1, ops
+
+
+# the heavier heads on the digits CNN, counted when they were last cut (README, "Head nodes"):
+# WeiPer's projection + MSP + two histograms (compare-and-count on these short rows, the
+# scatter form forced), AdaSCALE's input gradient + second pass + scoring tail
+HEAVY = [("weiper_msp", {}, 12), ("weiper_kld", {}, 54),
+         ("weiper_kld", {"histogram": "scatter"}, 76), ("adascale_a", {}, 134),
+         ("adascale_l", {}, 133)]
+
+
+@pytest.mark.parametrize("method,params,budget", HEAVY)
+def test_heavier_heads_do_not_grow(method, params, budget, digits_model, digits_data, tmp_path):
+    res = edgeood.export(digits_model, data=digits_data.val[0], methods=[method],
+                         recipe="digits_cnn", out=tmp_path / "d.onnx", params={method: params})
+    count = added_nodes(str(res.path), _classifier(digits_model))
+    assert count["added"] <= budget, count
