@@ -23,16 +23,10 @@ import torch
 import edgeood
 from edgeood.runtime.node_count import added_nodes
 from edgeood.profile import round_robin
-from common import NO_SPIN, THREADS, lite0_graph, parser, session, tapped_session
+from common import NO_SPIN, THREADS, lite0_graph, parser, session, tapped_model
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 PROFILE_RUNS = 20
-
-
-def to_model_bytes(graph, head) -> bytes:
-    from edgeood.graph.model import to_model
-    from edgeood.graph.taps import tapped
-    return to_model(tapped(graph, [head.logits])).SerializeToString()
 
 
 def torch_adascale(net, x, ref, variant, p_min=60.0, p_max=90.0, o=0.05, eps=0.5, lam=10.0):
@@ -104,10 +98,10 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     src, graph, head = lite0_graph()
-    variants = {"classifier": tapped_session(graph, [head.logits]).run}
+    models = {"classifier": tapped_model(graph, [head.logits])}
+    variants = {"classifier": session(models["classifier"]).run}
     net = lite0.module()
     result = {"model": "efficientnet_lite0", "threads": THREADS, "batches": {}}
-    models = {"classifier": to_model_bytes(graph, head)}
     with tempfile.TemporaryDirectory() as tmp:
         result["added_nodes"] = {}
         for name in ("adascale_a", "adascale_l", "adascale_a:search"):

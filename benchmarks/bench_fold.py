@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 
 import edgeood
-from edgeood.graph.model import to_model
-from edgeood.graph.taps import tapped
 from edgeood.methods import ModelInfo, from_metadata
 from edgeood.runtime.node_count import added_nodes
 from edgeood.profile import round_robin
-from common import THREADS, lite0_graph, parser, session, tapped_session
+from common import THREADS, lite0_graph, parser, session, tapped_model, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm"]
@@ -34,8 +32,8 @@ def build_variants(tmp: Path, batch_sizes, nodes: dict):
     src, graph, head = lite0_graph()
     calib = lite0.photos(100, seed=0)
     # baseline: the same constant-folded graph every variant starts from, logits only
-    classifier = to_model(tapped(graph, [head.logits])).SerializeToString()
-    variants = {"classifier": {"run": tapped_session(graph, [head.logits]).run},
+    classifier = tapped_model(graph, [head.logits])
+    variants = {"classifier": {"run": session(classifier).run},
                 "classifier_as_exported": {"run": session(src).run}}
     for m in METHODS + ["all_six"]:
         chosen = METHODS if m == "all_six" else [m]

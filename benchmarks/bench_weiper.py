@@ -21,13 +21,11 @@ import numpy as np
 import onnx
 
 import edgeood
-from edgeood.graph.model import to_model
-from edgeood.graph.taps import tapped
 from edgeood.runtime.node_count import added_nodes
 from edgeood.methods.weiper import EPS_L, EPS_Z, smooth
 from edgeood.profile import round_robin
 import common
-from common import lite0_graph, parser, session, tapped_session
+from common import lite0_graph, parser, session, tapped_model, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 VARIANTS = [  # (name, method, storage, params); ":compare": the histograms before the scatter
@@ -124,7 +122,8 @@ def main():
     args = ap.parse_args()
     common.THREADS = args.threads
     src, graph, head = lite0_graph()
-    variants = {"classifier": tapped_session(graph, [head.logits]).run}
+    classifier = tapped_model(graph, [head.logits])
+    variants = {"classifier": session(classifier).run}
     taps = tapped_session(graph, [head.logits, head.z]).run
     calib = lite0.photos(100, seed=0)
     result = {"model": "efficientnet_lite0", "threads": args.threads, "batches": {}, "bytes": {}}
@@ -143,8 +142,8 @@ def main():
                                      params={m: {"storage": storage, **extra}})
                 variants[name] = session(one.path).run
                 if storage == "float32":  # the head's nodes after ORT's extended optimisations
-                    result.setdefault("added_nodes", {})[name] = added_nodes(
-                        str(one.path), to_model(tapped(graph, [head.logits])).SerializeToString())
+                    result.setdefault("added_nodes", {})[name] = added_nodes(str(one.path),
+                                                                             classifier)
             if storage == "float32":
                 model = onnx.load(str(res.path))
                 init = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}

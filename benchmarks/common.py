@@ -29,9 +29,15 @@ def lite0_graph():
     return src, graph, find_head(graph)
 
 
+def tapped_model(graph, names) -> bytes:
+    """The graph with exactly these outputs, serialized (the baseline classifier:
+    [head.logits])."""
+    return to_model(tapped(graph, names)).SerializeToString()
+
+
 def tapped_session(graph, names) -> OrtBackend:
-    """The graph with exactly these outputs (the baseline classifier: [head.logits])."""
-    return session(to_model(tapped(graph, names)).SerializeToString())
+    """A session of tapped_model(graph, names)."""
+    return session(tapped_model(graph, names))
 
 
 def parser(out: str, rounds: int, per_round: int) -> argparse.ArgumentParser:

@@ -218,17 +218,31 @@ def gather(self, data, indices, axis: int = 0):
 
 
 @gs.Graph.register()
-def scatter_elements(self, data, indices, updates, axis: int = 1):
-    """A copy of data with updates written at indices along axis."""
-    return _layer(self, "ScatterElements", [data, indices, updates], {"axis": int(axis)},
+def scatter_elements(self, data, indices, updates, axis: int = 1, reduction: str | None = None):
+    """A copy of data with updates written at indices along axis; with reduction="add",
+    duplicates accumulate (opset >= 16; TensorRT 10 builds it with its ScatterElements plugin,
+    TensorRT 8.6's parser ignores the reduction)."""
+    attrs: dict = {"axis": int(axis)}
+    if reduction is not None:
+        if self.opset < 16:
+            raise ValueError(f"ScatterElements with reduction needs opset >= 16 "
+                             f"(graph: {self.opset})")
+        attrs["reduction"] = reduction
+    return _layer(self, "ScatterElements", [data, indices, updates], attrs,
                   dtypes=[_dtype_of(data)])
+
+
+@gs.Graph.register()
+def fill(self, shape, value: float):
+    """A float32 tensor of the given int64 shape tensor, filled with value (ConstantOfShape)."""
+    return _layer(self, "ConstantOfShape", [shape],
+                  {"value": gs.Constant("value", np.array([value], F32))})
 
 
 @gs.Graph.register()
 def fill_like(self, x, value: float):
     """A float32 tensor of x's shape filled with value."""
-    return _layer(self, "ConstantOfShape", [self.shape(x)],
-                  {"value": gs.Constant("value", np.array([value], F32))})
+    return self.fill(self.shape(x), value)
 
 
 @gs.Graph.register()
@@ -314,25 +328,6 @@ def resize(self, x, sizes, mode: str = "linear",
     return _layer(self, "Resize", [x, empty(), empty(), sizes],
                   {"mode": mode, "coordinate_transformation_mode": coordinate_transformation_mode},
                   dtypes=[_dtype_of(x)])
-
-
-# --- counting (WeiPer's histograms) -----------------------------------------------------------
-@gs.Graph.register()
-def fill(self, shape, value: float):
-    """A float32 tensor of the given int64 shape tensor, filled with value (ConstantOfShape)."""
-    return _layer(self, "ConstantOfShape", [shape],
-                  {"value": gs.Constant("value", np.array([value], F32))})
-
-
-@gs.Graph.register()
-def scatter_add(self, data, indices, updates, axis: int = 1):
-    """A copy of data with updates added at indices along axis, duplicates accumulating
-    (ScatterElements, reduction="add": opset >= 16; TensorRT 10 builds it with its
-    ScatterElements plugin, TensorRT 8.6's parser ignores the reduction)."""
-    if self.opset < 16:
-        raise ValueError(f"ScatterElements with reduction needs opset >= 16 (graph: {self.opset})")
-    return _layer(self, "ScatterElements", [data, indices, updates],
-                  {"axis": int(axis), "reduction": "add"}, dtypes=[_dtype_of(data)])
 
 
 # --- selection (AdaSCALE's least-|g| threshold search) ----------------------------------------

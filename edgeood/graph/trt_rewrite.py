@@ -89,17 +89,23 @@ def tensorrt_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _rewritten(path: Path) -> onnx.ModelProto | None:
+    """The detector at `path` rewritten (its external data left where it is), or None when it
+    needs no rewrite."""
+    model = onnx.load(str(path), load_external_data=False)
+    return model if shift_logsumexp(model) else None
+
+
 @contextlib.contextmanager
 def tensorrt_ready(path: str | Path) -> Iterator[Path]:
     """The path of a TensorRT-ready copy of the detector at `path`, for as long as the block
     runs: `path` itself when nothing needs rewriting, else a hidden sibling file (so external
     weight data, <detector>.onnx.data, resolves as it does for the original)."""
     path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
-    if not needs_rewrite(model):
+    model = _rewritten(path)
+    if model is None:
         yield path
         return
-    shift_logsumexp(model)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".trt.onnx", dir=path.parent)
     os.close(fd)
     try:
@@ -113,10 +119,9 @@ def write_tensorrt_ready(path: str | Path) -> Path:
     """Write <detector>.trt.onnx beside the detector (for trtexec on another machine) when the
     detector needs the rewrite; returns the file trtexec should read."""
     path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
-    if not needs_rewrite(model):
+    model = _rewritten(path)
+    if model is None:
         return path
-    shift_logsumexp(model)
     out = path.with_name(path.name.removesuffix(".onnx") + ".trt.onnx")
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(fd)

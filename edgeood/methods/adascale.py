@@ -28,6 +28,7 @@ from edgeood.conventions import MAX_REFERENCE, TOPK_LIMIT
 from edgeood.errors import EdgeoodError
 from edgeood.graph.autodiff import input_gradient
 from edgeood.graph.head import apply_head
+from edgeood.graph.ops import constant
 from edgeood.graph.subgraph import clone_between
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import logsumexp
@@ -86,7 +87,6 @@ def _nth_smallest(graph: gs.Graph, v: gs.Tensor, n: int) -> gs.Variable:
     (Less, Cast, ReduceSum). First the binade 2^E (9 steps over E in [-149, 127], the powers
     of two gathered from a constant table, 0 when u < 2^-149), then the 23 mantissa bits: each
     candidate u + 2^(E-k) is exact within the binade (underflowing steps are exactly 0)."""
-    from edgeood.graph.ops import constant
     table = constant(graph, _POW2)
     count_ok = lambda u: graph.less(  # noqa: E731
         graph.reduce("ReduceSum", graph.cast(graph.less(v, u)), [1], keepdims=True), np.float32(n))

@@ -172,7 +172,7 @@ def graph_bin_counts(graph, v, edges: np.ndarray, length: int, form: str, e=None
     else:
         rows = graph.slice_(graph.shape(v), 0, 1, axis=0)
         zeros = graph.fill(graph.concat([rows, np.asarray([n + 2], np.int64)], axis=0), 0.0)
-    counts = graph.scatter_add(zeros, j, ones, axis=1)
+    counts = graph.scatter_elements(zeros, j, ones, axis=1, reduction="add")
     return graph.slice_(counts, 1, n + 1, axis=1)
 
 
