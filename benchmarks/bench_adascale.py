@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ from common import NO_SPIN, THREADS, lite0_graph, parser, session, tapped_model
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 PROFILE_RUNS = 20
+# the least-|g| selections side by side: one unsorted TopK of n (the default), TopK rounds of
+# <= 3839 (the graph TensorRT parses as it is), the 32-step threshold search
+VARIANTS = {"adascale_a": {}, "adascale_l": {}, "adascale_a:rounds": {"topk_limit": 3839},
+            "adascale_a:search": {"topk_limit": 3839, "selection": "search"}}
 
 
 def torch_adascale(net, x, ref, variant, p_min=60.0, p_max=90.0, o=0.05, eps=0.5, lam=10.0):
@@ -92,6 +97,52 @@ def op_profile(model, x, runs: int = PROFILE_RUNS) -> dict:
             "total_ms": round(sum(ms.values()), 4), "runs": runs}
 
 
+def mask_floor(classifier: bytes, x, runs: int = 50) -> dict:
+    """What the exact ReLU6 / ReLU gradient masks cost at the least: every activation output
+    (Clip / Relu) of the backbone read once with its gradient and the masked gradient written
+    once (12 bytes per element), timed as one float32 Mul over that many elements on one
+    thread. The backward pass cannot fuse a mask into its convolutions with ONNX ops, so this
+    is a floor for any exact mask built from separate nodes."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    shapes = {}
+    model = onnx.shape_inference.infer_shapes(fixed_batch(classifier, x.shape))
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    acts = [n.output[0] for n in model.graph.node if n.op_type in ("Clip", "Relu")]
+    elements = int(sum(np.prod(shapes[a]) for a in acts if a in shapes))
+    node = helper.make_node("Mul", ["g", "m"], ["out"])
+    mul = helper.make_model(helper.make_graph(
+        [node], "mask", [helper.make_tensor_value_info(v, TensorProto.FLOAT, [elements])
+                         for v in ("g", "m")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [elements])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    for key, value in NO_SPIN.items():
+        opts.add_session_config_entry(key, value)
+    sess = ort.InferenceSession(mul.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {"g": np.ones(elements, np.float32), "m": np.ones(elements, np.float32)}
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    ms = float(np.median(times) * 1e3)
+    return {"activations": len(acts), "elements": elements, "one_pass_ms": ms,
+            "gb_per_s": 12 * elements / ms / 1e6}
+
+
+def fixed_batch(classifier: bytes, shape) -> onnx.ModelProto:
+    """The classifier with its input's shape fixed (static shapes for inference)."""
+    model = onnx.load_from_string(classifier)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, shape):
+        d.Clear()
+        d.dim_value = int(v)
+    return model
+
+
 def main():
     ap = parser("benchmarks/results/adascale_lite0.json", 8, 5)
     ap.set_defaults(batch=[1, 8, 16])
@@ -104,15 +155,15 @@ def main():
     result = {"model": "efficientnet_lite0", "threads": THREADS, "batches": {}}
     with tempfile.TemporaryDirectory() as tmp:
         result["added_nodes"] = {}
-        for name in ("adascale_a", "adascale_l", "adascale_a:search"):
+        for name, params in VARIANTS.items():
             method, _, selection = name.partition(":")
             res = edgeood.export(src, data=lite0.photos(100, seed=0), methods=[method],
                                  recipe=lite0.RECIPE, out=Path(tmp) / f"{method}{selection}.onnx",
-                                 batch=16, params={method: {"selection": selection or "topk"}})
+                                 batch=16, params={method: params})
             variants[f"folded:{name}"] = session(res.path).run
             models[f"folded:{name}"] = str(res.path)
             result["added_nodes"][name] = added_nodes(str(res.path), models["classifier"])
-            if selection:  # the same method with the other least-|g| selection
+            if selection:  # the same method with another least-|g| selection
                 continue
             name = method
             m = onnx.load(str(res.path))
@@ -134,7 +185,7 @@ def main():
                    for k, s in samples.items()}
             base = lat["classifier"]
             ratios = {}
-            for name in ("adascale_a", "adascale_l", "adascale_a:search"):
+            for name in VARIANTS:
                 f, t = lat[f"folded:{name}"], lat[f"torch_eager:{name.partition(':')[0]}"]
                 ratios[name] = {"folded_over_classifier": f["p50_ms"] / base["p50_ms"],
                                 "folded_over_torch_eager": f["p50_ms"] / t["p50_ms"],
@@ -142,8 +193,9 @@ def main():
             result["batches"][str(b)] = {"latency": lat, "ratios": ratios}
             if b == 1:
                 prof = {k: op_profile(models[k], x) for k in ("classifier", "folded:adascale_a",
-                                                              "folded:adascale_a:search")}
+                                                              "folded:adascale_a:rounds")}
                 result["profile_batch1"] = prof
+                result["mask_floor_batch1"] = mask_floor(models["classifier"], x)
                 print("profile, batch 1 (ms per run, sum of per-node medians): classifier "
                       f"{prof['classifier']['total_ms']:.2f}, folded adascale_a "
                       f"{prof['folded:adascale_a']['total_ms']:.2f}: " + ", ".join(

@@ -463,14 +463,18 @@ def check(
     """Check a graph against TensorRT's ONNX parser limits (exit 1 when something fails)."""
     from edgeood.graph.model import load_model
     from edgeood.graph.trt_check import check_model, check_target
-    notes: list[str] = []
+    from edgeood.graph.trt_rewrite import tensorrt_model, topk_note
+    graph = load_model(model)
+    notes = topk_note(graph)
+    graph = tensorrt_model(graph)  # what every edgeood path hands TensorRT's parser
     if target is None:
-        problems = check_model(load_model(model))
+        problems = check_model(graph)
     else:
-        problems, notes = check_target(load_model(model), target)
+        problems, target_notes = check_target(graph, target)
+        notes += target_notes
     if as_json:
         _print_json({"model": str(model), "ok": not problems, "problems": problems,
-                     **({"target": target, "notes": notes} if target else {})})
+                     "notes": notes, **({"target": target} if target else {})})
     else:
         for p in problems:
             typer.echo(f"- {p}")

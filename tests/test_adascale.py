@@ -63,13 +63,13 @@ def test_digits_adascale_matches_torch_reference(name, params, digits_data, tmp_
 
 
 def test_least_mask_paths_agree_with_numpy():
-    """TopK path, multi-round path (small limit), threshold-search path and NumPy's stable
-    argsort, with many ties."""
+    """One unsorted TopK (limit 0, the default), the multi-round path (small limit), the
+    threshold-search path and NumPy's stable argsort, with many ties."""
     import onnx_graphsurgeon as gs
     rng = np.random.default_rng(0)
     v = rng.integers(0, 6, size=(3, 50)).astype(np.float32)  # heavy ties
     outs = {}
-    for limit, selection in ((50, "topk"), (7, "topk"), (1, "topk"), (7, "search"),
+    for limit, selection in ((0, "topk"), (50, "topk"), (7, "topk"), (1, "topk"), (7, "search"),
                              (1, "search")):
         x = gs.Variable("v", np.float32, ["n", 50])
         graph = gs.Graph(inputs=[x], opset=17)
@@ -90,7 +90,8 @@ def lite0_adascale(lite0_model, lite0_photos, tmp_path_factory):
 
 
 def test_lite0_adascale_matches_torch_reference(lite0_adascale, lite0_photos):
-    """n = int(3 * 224 * 224 * 0.05) = 7526 >= 3840: the multi-round least-|g| path."""
+    """n = int(3 * 224 * 224 * 0.05) = 7526 >= 3840: one TopK of n here, rounds on the
+    TensorRT copy (test_tensorrt_copy_scores_the_same)."""
     from edgeood.graph.head import ClassifierHead
     from edgeood.zoo import efficientnet_lite0 as lite0
     res = lite0_adascale
@@ -112,16 +113,42 @@ def test_lite0_adascale_matches_torch_reference(lite0_adascale, lite0_photos):
         assert np.abs(got - want).max() / scale <= 1e-4, (got, want)
 
 
-def test_adascale_graph_within_tensorrt_limits(lite0_adascale):
-    from edgeood.graph.trt_check import check_model
+def test_tensorrt_copy_scores_the_same(lite0_adascale, lite0_photos):
+    """The TensorRT copy (least-|g| set as TopK rounds of 3839 + 3687) selects the same set as
+    the detector's one TopK of 7526, so every output is identical under ONNX Runtime."""
+    import onnxruntime as ort
+    from edgeood.graph.trt_rewrite import tensorrt_model
+    det = edgeood.load(lite0_adascale.path)
+    x = det.preprocess.normalize(lite0_photos[30:34])
     model = onnx.load(str(lite0_adascale.path))
-    assert check_model(model) == []
-    init = {i.name: i for i in model.graph.initializer}
-    topks = [n for n in model.graph.node if n.op_type == "TopK"]
-    # per variant: two least-|g| rounds (n = 7526 > 3839), top-k of z for Q' and of relu(z)
-    assert len(topks) >= 8
-    assert all(int(numpy_helper.to_array(init[n.input[1]]).ravel()[0]) <= 3839
-               for n in topks if n.input[1] in init)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})
+    got = ort.InferenceSession(tensorrt_model(model).SerializeToString()).run(None, {"input": x})
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_adascale_graph_within_tensorrt_limits(lite0_adascale):
+    """The detector selects the least-|g| set with one unsorted TopK of n = 7526 (ONNX
+    Runtime); the copy every TensorRT path parses has it as sorted rounds of <= 3839 and is
+    within the parser's limits."""
+    from edgeood.graph.trt_check import check_model
+    from edgeood.graph.trt_rewrite import tensorrt_model
+    model = onnx.load(str(lite0_adascale.path))
+
+    def topk_ks(m):
+        consts = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+                       for n in m.graph.node if n.op_type == "Constant"})
+        return sorted(int(consts[n.input[1]].ravel()[0]) for n in m.graph.node
+                      if n.op_type == "TopK")
+    assert topk_ks(model).count(7526) == 2  # one per variant
+    trt = tensorrt_model(model)
+    assert check_model(trt) == []
+    ks = topk_ks(trt)
+    # per variant: the least-|g| rounds 3839 + 3687, top-k of z for Q' and of relu(z)
+    assert ks.count(3839) == 2 and ks.count(7526 - 3839) == 2 and max(ks) <= 3839
+    assert all(a.i == 1 for n in trt.graph.node if n.op_type == "TopK"
+               for a in n.attribute if a.name == "sorted")
     assert not any(n.op_type == "MaxPool" and len(n.output) > 1 for n in model.graph.node)
 
 

@@ -1,4 +1,5 @@
-"""The TensorRT-ready copy of a detector: ReduceLogSumExp max-shifted.
+"""The TensorRT-ready copy of a detector: ReduceLogSumExp max-shifted, TopK sorted and split
+into rounds of <= 3839 (checked against NumPy's stable argsort, heavy ties included).
 
 TensorRT's parser imports ReduceLogSumExp as log(reduce_sum(exp(x))) (onnx-tensorrt,
 importReduceLogSumExp). TensorRT is not installable here, so that import is emulated with
@@ -103,3 +104,32 @@ def test_tensorrt_provider_gets_the_shifted_copy(digits_detector):
     src = _tensorrt_source(str(digits_detector.path))
     assert isinstance(src, bytes) and not needs_rewrite(onnx.load_from_string(src))
     assert _tensorrt_source(src) == src
+
+
+def _topk_model(k: int, largest: int, sorted_: int, n: int) -> onnx.ModelProto:
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=-1, largest=largest,
+                            sorted=sorted_, name="tk")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", n])], [
+        helper.make_tensor_value_info("v", TensorProto.FLOAT, ["N", k]),
+        helper.make_tensor_value_info("i", TensorProto.INT64, ["N", k])],
+        initializer=[helper.make_tensor("k", TensorProto.INT64, [1], [k])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("k", [100, 3840, 9000, 12000])
+@pytest.mark.parametrize("largest,sorted_", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_topk_split_is_the_sorted_topk(k, largest, sorted_):
+    """The copy's values and indices are exactly the first k of NumPy's stable argsort (value,
+    then lower index), its TopKs are sorted with K <= 3839, and TensorRT's check passes."""
+    from edgeood.graph.trt_check import check_model
+    model = _topk_model(k, largest, sorted_, 12000)
+    fixed = tensorrt_model(model)
+    assert needs_rewrite(model) == (k > 3839 or not sorted_) and not needs_rewrite(fixed)
+    onnx.checker.check_model(fixed, full_check=True)
+    assert check_model(fixed) == []
+    x = np.random.default_rng(k).integers(0, 400, (3, 12000)).astype(np.float32)  # ties
+    v, i = ort.InferenceSession(fixed.SerializeToString()).run(None, {"x": x})
+    order = np.argsort(-x if largest else x, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(i, order)
+    np.testing.assert_array_equal(v, np.take_along_axis(x, order, 1))

@@ -1,5 +1,7 @@
-"""edgeood check --target: every exported detector (every method, every precision) is within
-TensorRT 10's and 11's parser limits; the target rules catch what they should."""
+"""edgeood check --target: every exported detector (every method, every precision), as every
+TensorRT path hands it over (edgeood.graph.trt_rewrite: log-sum-exp shifted, TopK sorted and
+within its K limit), is within TensorRT 10's and 11's parser limits; the target rules catch
+what they should."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +12,7 @@ from typer.testing import CliRunner
 
 from edgeood.cli import app
 from edgeood.graph.trt_check import TARGETS, check_model, check_target
+from edgeood.graph.trt_rewrite import tensorrt_model
 from tests.precision_helpers import PRECISIONS, detector
 
 
@@ -17,7 +20,7 @@ from tests.precision_helpers import PRECISIONS, detector
 @pytest.mark.parametrize("target", ["trt10", "trt11"])
 def test_every_detector_passes(precision, target):
     path, meta = detector(precision)
-    model = onnx.load(str(path))
+    model = tensorrt_model(onnx.load(str(path)))
     problems, notes = check_target(model, target)
     assert problems == [], problems
     assert check_model(model) == []  # the target-free check is unchanged
@@ -27,7 +30,7 @@ def test_every_detector_passes(precision, target):
 
 def test_trt86_reports_int64_casts_and_outputs():
     path, _ = detector("int8")
-    problems, notes = check_target(onnx.load(str(path)), "trt8.6")
+    problems, notes = check_target(tensorrt_model(onnx.load(str(path))), "trt8.6")
     assert problems == []
     assert any("INT64 tensors are cast to INT32" in n for n in notes)
     assert any("grood_label" in n and "INT32" in n for n in notes)

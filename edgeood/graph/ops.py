@@ -127,10 +127,12 @@ def reduce(self, op: str, x, axes: Sequence[int], keepdims: bool = False):
 
 
 @gs.Graph.register()
-def topk(self, x, k: int, axis: int = -1, largest: bool = True):
-    """(values, indices) of the k largest (or smallest) entries, sorted, along axis."""
+def topk(self, x, k: int, axis: int = -1, largest: bool = True, sorted: bool = True):
+    """(values, indices) of the k largest (or smallest) entries along axis, sorted unless
+    sorted=False (any order: ONNX Runtime's CPU TopK then skips its sort; TensorRT paths set
+    sorted=1, edgeood.graph.trt_rewrite)."""
     return _layer(self, "TopK", [x, np.asarray([k], dtype=np.int64)],
-                  {"axis": axis, "largest": int(largest), "sorted": 1}, n_out=2,
+                  {"axis": axis, "largest": int(largest), "sorted": int(sorted)}, n_out=2,
                   dtypes=[F32, np.int64])
 
 

@@ -11,13 +11,14 @@ much the top penultimate activations move under a small input perturbation along
 6. Variant A: logits' = W (z exp(r)) + b; variant L: logits' = (W z + b) r^2. score = logsumexp.
 
 Deviations, documented: the official code at its HEAD swaps k1 and k2 in calibration only; we
-follow the formulas above in both places (they match the original, consistent release). For
-n >= 3840 (TensorRT's TopK limit) the least-|g| set is found exactly, keeping the lower-index
-tie rule: by successive TopK rounds of at most 3839 elements, each excluding the elements
-already chosen (selection=topk, the default: few nodes), or by a 32-step search for the n-th
-smallest |g| over the float32 bits and a CumSum over its ties (selection=search: faster on
-ONNX Runtime CPU, ~220 nodes more). In the
-graph W (z exp(r)) + b is the head's own Gemm applied to z exp(r).
+follow the formulas above in both places (they match the original, consistent release). The
+least-|g| set is exact with the lower-index tie rule: one unsorted TopK of n (selection=topk,
+topk_limit=0, the default; ONNX Runtime's CPU TopK selects without a heap when K is large,
+and TensorRT paths split a K >= 3840 into exact rounds, edgeood.graph.trt_rewrite); with
+topk_limit=L, successive TopK rounds of at most L, each excluding the elements already chosen
+(a graph TensorRT parses as it is); or a 32-step search for the n-th smallest |g| over the
+float32 bits and a CumSum over its ties (selection=search, ~220 nodes more). In the graph
+W (z exp(r)) + b is the head's own Gemm applied to z exp(r).
 """
 from __future__ import annotations
 
@@ -44,20 +45,26 @@ SMALL_D = 100  # below this, floor(D k1 / 100) = 0 at the default k1 = 1
 SELECTIONS = ("topk", "search")
 
 
-def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = TOPK_LIMIT,
+def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,
                selection: str = "topk") -> gs.Variable:
     """float32 [N, L] mask of the n smallest entries per row of v >= 0 (ties: lower index).
-    n <= limit: one TopK of n. Larger n (TensorRT's TopK needs K < 3840), two exact forms:
+    limit = 0 or n <= limit: one unsorted TopK of n (on EfficientNet-Lite0's 150528 input
+    entries, n = 7526, one thread: 1.6 ms on ONNX Runtime CPU, 2.4 ms sorted, against 5.8 ms
+    for two unsorted rounds of 3839, one of which alone takes 3.0 ms; TensorRT paths split a
+    K >= 3840 into rounds, edgeood.graph.trt_rewrite). Larger n
+    with a limit (a graph within TensorRT's TopK limit as it stands), two exact forms:
     - "topk": TopK rounds of at most `limit`, each excluding the entries already chosen
-      (ScatterElements); few nodes (on a GPU each node is a kernel launch).
+      (ScatterElements).
     - "search": the n-th smallest value found by a fixed 32-step search (_nth_smallest), then
       the entries below it and, of those equal to it, the first ones by index (CumSum); about
-      220 nodes more, and faster on ONNX Runtime CPU: on EfficientNet-Lite0's 150528 input
-      entries 2.6 ms against 4.6 ms for two TopK rounds of 3839 (its heap of K int64 indices).
+      220 nodes more (2.6 ms there).
     """
     if n <= 0:
         return graph.mul(v, np.float32(0))
-    if n > limit and selection == "search":
+    if limit <= 0 or n <= limit:
+        _, idx = graph.topk(v, n, axis=1, largest=False, sorted=False)
+        return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
+    if selection == "search":
         t = _nth_smallest(graph, v, n)
         below = graph.cast(graph.less(v, t))
         rest = graph.sub(np.float32(n), graph.reduce("ReduceSum", below, [1], keepdims=True))
@@ -115,7 +122,7 @@ def least_mask_reference(v: np.ndarray, n: int) -> np.ndarray:
 class _AdaScale(Method):
     variant = "A"
     defaults = {"lambda_": 10.0, "o": 0.05, "eps": 0.5, "k1": 1.0, "k2": 5.0, "p_min": 60.0,
-                "p_max": 90.0, "topk_limit": TOPK_LIMIT, "pass_precision": "float32",
+                "p_max": 90.0, "topk_limit": 0, "pass_precision": "float32",
                 "selection": "topk"}
     graph_arrays = ("q_reference",)
     tune_space = {"p_max": TUNE_GRID}
@@ -129,11 +136,12 @@ class _AdaScale(Method):
                                f"{p['p_min']}, p_max={p['p_max']})")
         if not 0 < p["o"] <= 1 or not 0 <= p["k1"] <= 100 or not 0 <= p["k2"] <= 100:
             raise EdgeoodError(f"{self.name}: o must be in (0, 1], k1 and k2 in [0, 100]")
-        if not 1 <= int(p["topk_limit"]) <= TOPK_LIMIT:
-            raise EdgeoodError(f"{self.name}.topk_limit must be in [1, {TOPK_LIMIT}]")
+        if not 0 <= int(p["topk_limit"]) <= TOPK_LIMIT:
+            raise EdgeoodError(f"{self.name}.topk_limit must be 0 (one TopK of n) or in "
+                               f"[1, {TOPK_LIMIT}] (rounds within TensorRT's TopK limit)")
         if p["selection"] not in SELECTIONS:
-            raise EdgeoodError(f"{self.name}.selection must be topk (fewest nodes: GPUs) or "
-                               "search (faster on ONNX Runtime CPU)")
+            raise EdgeoodError(f"{self.name}.selection must be topk (TopK rounds) or search "
+                               "(a 32-step threshold search), used with topk_limit >= 1")
         if p["pass_precision"] not in PASS_PRECISIONS:
             raise EdgeoodError(f"{self.name}.pass_precision must be one of "
                                f"{', '.join(PASS_PRECISIONS)}")
