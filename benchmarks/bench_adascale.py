@@ -31,7 +31,7 @@ PROFILE_RUNS = 20
 # the least-|g| selections side by side: one unsorted TopK of n (the default), TopK rounds of
 # <= 3839 (the graph TensorRT parses as it is), the 32-step threshold search
 VARIANTS = {"adascale_a": {}, "adascale_l": {}, "adascale_a:rounds": {"topk_limit": 3839},
-            "adascale_a:search": {"topk_limit": 3839, "selection": "search"}}
+            "adascale_a:search": {"selection": "search"}}
 
 
 def torch_adascale(net, x, ref, variant, p_min=60.0, p_max=90.0, o=0.05, eps=0.5, lam=10.0):

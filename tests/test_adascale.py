@@ -69,8 +69,8 @@ def test_least_mask_paths_agree_with_numpy():
     rng = np.random.default_rng(0)
     v = rng.integers(0, 6, size=(3, 50)).astype(np.float32)  # heavy ties
     outs = {}
-    for limit, selection in ((0, "topk"), (50, "topk"), (7, "topk"), (1, "topk"), (7, "search"),
-                             (1, "search")):
+    for limit, selection in ((0, "topk"), (50, "topk"), (7, "topk"), (1, "topk"), (0, "search"),
+                             (7, "search"), (1, "search"), (50, "search")):
         x = gs.Variable("v", np.float32, ["n", 50])
         graph = gs.Graph(inputs=[x], opset=17)
         mask = least_mask(graph, x, 23, limit, selection)
