@@ -14,7 +14,8 @@ Deviations, documented: the official code at its HEAD swaps k1 and k2 in calibra
 follow the formulas above in both places (they match the original, consistent release). The
 least-|g| set is exact with the lower-index tie rule: one unsorted TopK of n (selection=topk,
 topk_limit=0, the default; on ONNX Runtime CPU 1.6 ms on a 224 px input against 5.8 ms for
-two rounds of 3839; TensorRT paths split a K >= 3840 into exact rounds, edgeood.graph.trt_rewrite); with
+two rounds of 3839; TensorRT paths split a K >= 3840 into exact rounds,
+edgeood.graph.trt_rewrite); with
 topk_limit=L, successive TopK rounds of at most L, each excluding the elements already chosen
 (a graph TensorRT parses as it is); or a 32-step search for the n-th smallest |g| over the
 float32 bits and a CumSum over its ties (selection=search, ~220 nodes more). In the graph
