@@ -64,16 +64,24 @@ def torch_adascale(net, x, ref, variant, p_min=60.0, p_max=90.0, o=0.05, eps=0.5
         return torch.logsumexp(out, dim=1)
 
 
-def op_profile(model, x, runs: int = PROFILE_RUNS) -> dict:
-    """ONNX Runtime's profiler on one single-threaded session: {op type: ms per run} (per node
-    the median over `runs` runs after 3 warm-ups, summed per op type; NCHWc reorders show as
-    ReorderInput / ReorderOutput) and the node count per op type of the optimized graph."""
+def _options():
+    """ONNX Runtime session options as the timed sessions have them (benchmarks/common.py):
+    THREADS intra-op threads, no spinning."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = THREADS
     opts.log_severity_level = 3
     for key, value in NO_SPIN.items():
         opts.add_session_config_entry(key, value)
+    return opts
+
+
+def op_profile(model, x, runs: int = PROFILE_RUNS) -> dict:
+    """ONNX Runtime's profiler on one single-threaded session: {op type: ms per run} (per node
+    the median over `runs` runs after 3 warm-ups, summed per op type; NCHWc reorders show as
+    ReorderInput / ReorderOutput) and the node count per op type of the optimized graph."""
+    import onnxruntime as ort
+    opts = _options()
     with tempfile.TemporaryDirectory() as tmp:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "ort")
@@ -105,23 +113,20 @@ def mask_floor(classifier: bytes, x, runs: int = 50) -> dict:
     is a floor for any exact mask built from separate nodes."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
-    shapes = {}
-    model = onnx.shape_inference.infer_shapes(fixed_batch(classifier, x.shape))
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    from edgeood.graph.model import _fixed_and_inferred
+    model = _fixed_and_inferred(onnx.load_from_string(classifier))  # shapes at batch 1
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in [*model.graph.value_info, *model.graph.output]}
     acts = [n.output[0] for n in model.graph.node if n.op_type in ("Clip", "Relu")]
-    elements = int(sum(np.prod(shapes[a]) for a in acts if a in shapes))
+    elements = len(x) * int(sum(np.prod(shapes[a]) for a in acts if a in shapes))
     node = helper.make_node("Mul", ["g", "m"], ["out"])
     mul = helper.make_model(helper.make_graph(
         [node], "mask", [helper.make_tensor_value_info(v, TensorProto.FLOAT, [elements])
                          for v in ("g", "m")],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [elements])]),
         opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    for key, value in NO_SPIN.items():
-        opts.add_session_config_entry(key, value)
-    sess = ort.InferenceSession(mul.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(mul.SerializeToString(), _options(),
+                                providers=["CPUExecutionProvider"])
     feed = {"g": np.ones(elements, np.float32), "m": np.ones(elements, np.float32)}
     times = []
     for _ in range(runs):
@@ -131,16 +136,6 @@ def mask_floor(classifier: bytes, x, runs: int = 50) -> dict:
     ms = float(np.median(times) * 1e3)
     return {"activations": len(acts), "elements": elements, "one_pass_ms": ms,
             "gb_per_s": 12 * elements / ms / 1e6}
-
-
-def fixed_batch(classifier: bytes, shape) -> onnx.ModelProto:
-    """The classifier with its input's shape fixed (static shapes for inference)."""
-    model = onnx.load_from_string(classifier)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    for d, v in zip(dims, shape):
-        d.Clear()
-        d.dim_value = int(v)
-    return model
 
 
 def main():

@@ -17,20 +17,28 @@ REDUCTIONS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
               "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 
 
+def small_constants(model: onnx.ModelProto, max_size: int = 16) -> dict[str, np.ndarray]:
+    """The values of the constant tensors of at most max_size elements (initializers held in
+    the file and Constant nodes): TopK's K and other scalars, without reading the weights."""
+    out = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+           if i.data_location != onnx.TensorProto.EXTERNAL and np.prod(i.dims) <= max_size}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = onnx.numpy_helper.to_array(a.t)
+    return out
+
+
 def check_model(model: onnx.ModelProto) -> list[str]:
     """Problems found (empty when the graph is within the limits)."""
     problems = []
     opset = max((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), default=0)
     if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         problems.append(f"opset {opset} is outside TensorRT's range {OPSET_RANGE}")
-    consts = {i.name for i in model.graph.initializer}
-    values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            consts.update(node.output)
-            for a in node.attribute:
-                if a.name == "value":
-                    values[node.output[0]] = onnx.numpy_helper.to_array(a.t)
+    consts = {i.name for i in model.graph.initializer} | \
+        {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    values = small_constants(model)
     for node in model.graph.node:
         where = f"{node.op_type} node '{node.name}'"
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

@@ -34,6 +34,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeood.conventions import TOPK_LIMIT
+from edgeood.graph.trt_check import _elem_types, small_constants
 
 OP = "ReduceLogSumExp"
 
@@ -52,18 +53,6 @@ def _unshifted(model: onnx.ModelProto) -> set[int]:
     return out
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Small constant tensors by name (initializers and Constant nodes)."""
-    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
-           if i.data_location != onnx.TensorProto.EXTERNAL and np.prod(i.dims) <= 16}
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = numpy_helper.to_array(a.t)
-    return out
-
-
 def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -71,7 +60,7 @@ def _attrs(node) -> dict:
 def _topk_to_fix(model: onnx.ModelProto) -> dict[int, int]:
     """{node index: K} of the TopK nodes TensorRT would reject as they are: unsorted, or a
     constant K above its limit (a K that is not a constant stays for edgeood check to report)."""
-    consts, out = _constants(model), {}
+    consts, out = small_constants(model), {}
     for i, n in enumerate(model.graph.node):
         if n.op_type != "TopK" or n.input[1] not in consts:
             continue
@@ -87,18 +76,13 @@ def needs_rewrite(model: onnx.ModelProto) -> bool:
     return bool(_unshifted(model)) or bool(_topk_to_fix(model))
 
 
-def _value_types(model: onnx.ModelProto) -> dict[str, int]:
-    from edgeood.graph.trt_check import _elem_types
-    return _elem_types(model)
-
-
 def split_topk(model: onnx.ModelProto) -> int:
     """Rewrite every TopK that _topk_to_fix names in place (see the module docstring): sorted
     and, for K > 3839, exact rounds of at most 3839. Returns how many were rewritten."""
     todo = _topk_to_fix(model)
     if not todo:
         return 0
-    types = _value_types(model) if any(k > TOPK_LIMIT for k in todo.values()) else {}
+    types = _elem_types(model) if any(k > TOPK_LIMIT for k in todo.values()) else {}
     nodes, dropped_k = [], set()
     for i, node in enumerate(model.graph.node):
         kept = onnx.NodeProto()
@@ -162,8 +146,7 @@ def topk_note(model: onnx.ModelProto) -> list[str]:
     todo = _topk_to_fix(model)
     if not todo:
         return []
-    nodes = [model.graph.node[i] for i in sorted(todo)]
-    names = ", ".join(f"{n.name} (K = {todo[i]})" for i, n in zip(sorted(todo), nodes))
+    names = ", ".join(f"{model.graph.node[i].name} (K = {todo[i]})" for i in sorted(todo))
     return [f"{len(todo)} TopK node(s) unsorted or above TensorRT's K limit of {TOPK_LIMIT} "
             f"({names}): edgeood build, --print-trtexec (<detector>.trt.onnx), deploy "
             "deepstream and --device tensorrt hand TensorRT a copy with sorted=1 and exact "
@@ -186,7 +169,7 @@ def shift_logsumexp(model: onnx.ModelProto) -> int:
             nodes.append(kept)
             continue
         count += 1
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = _attrs(node)
         keep = int(attrs.get("keepdims", 1))
         x, y, base = node.input[0], node.output[0], (node.name or y) + "/shifted"
         axes_in = list(node.input[1:2])  # opset >= 18: axes as an input (may be absent)

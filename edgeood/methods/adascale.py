@@ -62,9 +62,6 @@ def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,
     """
     if n <= 0:
         return graph.mul(v, np.float32(0))
-    if selection != "search" and (limit <= 0 or n <= limit):
-        _, idx = graph.topk(v, n, axis=1, largest=False, sorted=False)
-        return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
     if selection == "search" and n > limit:
         t = _nth_smallest(graph, v, n)
         below = graph.cast(graph.less(v, t))
@@ -72,6 +69,9 @@ def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,
         tied = graph.cast(graph.equal(v, t))
         first = graph.cast(graph.less_equal(graph.cumsum(tied, 1), rest))
         return graph.add(below, graph.mul(tied, first))
+    if limit <= 0 or n <= limit:
+        _, idx = graph.topk(v, n, axis=1, largest=False, sorted=False)
+        return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
     parts, cur, left = [], v, n
     while left > 0:
         k = min(left, limit)
