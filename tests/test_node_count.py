@@ -47,8 +47,8 @@ def test_six_methods_share_one_lookup(lite0_model, lite0_photos, tmp_path):
 # the heavier heads on the digits CNN, counted when they were last cut (README, "Head nodes"):
 # WeiPer's projection + MSP + two histograms (compare-and-count on these short rows, the
 # scatter form forced), AdaSCALE's input gradient + second pass + scoring tail
-HEAVY = [("weiper_msp", {}, 12), ("weiper_kld", {}, 54),
-         ("weiper_kld", {"histogram": "scatter"}, 76), ("adascale_a", {}, 134),
+HEAVY = [("weiper_msp", {}, 12), ("weiper_kld", {}, 29),
+         ("weiper_kld", {"histogram": "scatter"}, 38), ("adascale_a", {}, 134),
          ("adascale_l", {}, 133)]
 
 

@@ -14,23 +14,22 @@ Over a reduced-precision backbone the projection follows it (`projection=backbon
 default): P z as a float16 Gemm over a float16 backbone, P stored int8 over an int8 one;
 `projection=float32` keeps it float32.
 
-Histograms (`histogram=auto`, the default) are exact integer counts, as `histograms()`. At
-opset >= 16, for rows of at least SCATTER_MIN_VALUES values, each value gets a bin index and one
-ScatterElements(reduction="add") counts them (O(M), not O(M E)): the uniform-spacing estimate
-u = (v - c) s, half a bin above the bin's index (c = e_0 - w / 2, s = 1 / w, w = (e_n - e_0) / n),
-clamped to [0, n] (NaN and -inf to 0, +inf to n) and truncated to k, is corrected by one
-GatherElements of the edges, j = k + [e_k <= v]: 0 below e_0 (and NaN), i + 1 in bin i, n + 1
-at or above e_n; bins 1..n are kept. The float32 edges are not uniformly spaced (linspace in
-float64, rounded; the nudged last edge), so the plain floor estimate misses by one next to
-edges; the correction is exact wherever k is j - 1 or j, and `bin_estimator` proves that for
-every float32 v at build time (u and j are monotone in v: checking u at each edge and at the
-float32 below it covers all v), with a quarter bin to spare for other backends' rounding;
-where it does not hold (edges a few ulps apart) the histogram keeps compare-and-count. That
-form (below opset 16, rows under SCATTER_MIN_VALUES, `histogram=compare`): counts of values
-below each edge (Less + ReduceSum over [N, E, M]) and their differences, which every TensorRT
-parser builds without plugins. TensorRT 10 builds the scatter with its ScatterElements plugin
-(libnvinfer_plugin); TensorRT 8.6's parser ignores the reduction (`edgeood check --target
-trt8.6` reports it).
+Histograms (`histogram=auto`, the default) are exact integer counts, as `histograms()`
+(`edgeood/methods/bincount.py`): at opset >= 16 and for rows of at least SCATTER_MIN_VALUES
+values a bin index per value, corrected by one GatherElements of the edges, and ONE
+ScatterElements(reduction="add") for the z and the L~ values together (O(M)); otherwise
+(below opset 16, short rows, `histogram=compare`) counts of values below each edge
+(Less + ReduceSum over [N, E, M]), which every TensorRT parser builds without plugins.
+TensorRT 10 builds the scatter with its ScatterElements plugin (libnvinfer_plugin); TensorRT
+8.6's parser ignores the reduction (`edgeood check --target trt8.6` reports it).
+
+The KLD tail is a handful of nodes for both histograms at once (a GPU runs a kernel per node):
+one Gemm maps the raw counts of both to s * smoothed counts + eps * s * length (the bin
+mapping, the uniform kernel with its replicate padding and eps folded into one integer matrix
+and a bias; all integers below 2^24, so exact in any summation order), which is Q up to a
+factor per histogram; one MatMul of block ones gives each histogram's sum, a Div normalises,
+and (P - Q)(log P - log Q) for both and the r MSP terms meet in one MatMul with the weights
+-1, -lambda1 and lambda2 / r, which is the score.
 
 Deviations from the official code, documented: it redraws the perturbation for every batch (a
 keyword-argument mismatch) and averages histograms of more than 1000 values per 1000-value
@@ -48,6 +47,8 @@ import numpy as np
 from edgeood.errors import EdgeoodError
 from edgeood.graph.ops import constant, scope
 from edgeood.methods.base import Method, register
+from edgeood.methods.bincount import (  # noqa: F401  (bin_estimator, graph_bin_counts: tests)
+    Row, bin_estimator, graph_bin_counts, graph_raw_counts, histogram_form, raw_to_bins)
 from edgeood.methods.numeric import softmax
 
 # (r, delta, n_bins, lambda1, lambda2, s1, s2) from methods.md, chosen by the number of classes
@@ -60,8 +61,6 @@ KEYS = ("r", "delta", "n_bins", "lambda1", "lambda2", "s1", "s2")
 EPS_Z, EPS_L = 0.01, 0.025
 STORAGES = ("float32", "float16", "int8")  # int8: weight-only, DequantizeLinear per row
 HISTOGRAMS = ("auto", "scatter", "compare")
-SCATTER_MIN_VALUES = 1024   # auto: rows of fewer values keep compare-and-count (cheap there)
-SCATTER_MARGIN = 0.25       # bins of slack bin_estimator leaves to other backends' arithmetic
 
 
 def preset_for(num_classes: int) -> str:
@@ -102,80 +101,6 @@ def histograms(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.diff(below, axis=1) / v.shape[1]
 
 
-def bin_estimator(edges: np.ndarray, margin: float = SCATTER_MARGIN):
-    """(c, s), float32, such that for every float32 v the in-graph estimate
-    k = trunc(clamp(fl(fl(v - c) * s), 0, n)) is j - 1 or j, j = #{edges <= v} (so that
-    k + [v >= e_k] = j); None where the edges are too far from uniform for that (then the
-    histogram keeps compare-and-count).
-
-    u = fl(fl(v - c) * s) and j are both non-decreasing in v, so on each interval where j is
-    constant, [e_a, e_b), u is smallest at e_a and largest at the float32 below e_b: checking u
-    at every edge and at its float32 predecessor checks every float32 v. Required there, with
-    `margin` bins to spare: u >= j - 1 + margin (not for j = 0: clamped to 0) and
-    u < j + 1 - margin (not for j = n + 1: clamped to n)."""
-    e = np.asarray(edges, np.float32).ravel()
-    n = len(e) - 1
-    if n < 1 or not np.all(np.isfinite(e)) or np.any(np.diff(e) < 0):
-        return None
-    width = (float(e[-1]) - float(e[0])) / n
-    if not width > 0 or not np.isfinite(1.0 / width):
-        return None
-    s = np.float32(1.0 / width)
-    c = np.float32(float(e[0]) - 0.5 * width)
-    pts = np.concatenate([e, np.nextafter(e, np.float32(-np.inf))])
-    with np.errstate(over="ignore", invalid="ignore"):
-        u = (pts - c) * s  # float32 arithmetic, as the graph's Sub and Mul
-    j = np.searchsorted(e, pts, side="right")
-    ok = np.isfinite(u) & ((j == 0) | (u >= j - 1 + margin)) & ((j == n + 1) | (u < j + 1 - margin))
-    return (c, s) if bool(ok.all()) else None
-
-
-def histogram_form(edges: np.ndarray, length: int, opset: int, requested: str = "auto") -> str:
-    """'scatter' or 'compare': how the graph counts a row of `length` values against edges."""
-    if requested == "compare" or opset < 16:
-        return "compare"
-    if requested == "auto" and length < SCATTER_MIN_VALUES:
-        return "compare"
-    return "scatter" if bin_estimator(edges) is not None else "compare"
-
-
-def edges_constant(graph, edges: np.ndarray, form: str, name: str):
-    """The edges as the constant `name`, shaped for `form`: [1, E, 1] (compare), [1, E]."""
-    edges = np.asarray(edges, np.float32).ravel()
-    return constant(graph, edges.reshape((1, -1, 1) if form == "compare" else (1, -1)), name)
-
-
-def graph_bin_counts(graph, v, edges: np.ndarray, length: int, form: str, e=None):
-    """[N, n] float32 counts of each row of v ([N, length]) over [e_i, e_i+1), values outside
-    [e_0, e_n) (and NaN) dropped: exactly np.diff of the counts below each edge. e: the
-    edges_constant for form (made here, unnamed, when None)."""
-    edges = np.asarray(edges, np.float32).ravel()
-    n = len(edges) - 1
-    if e is None:
-        e = edges_constant(graph, edges, form, None)
-    if form == "compare":
-        # [N, E, M] so that the count is a contiguous reduction over the values (the [N, M, E]
-        # orientation reduces over a strided axis and measured several times slower)
-        below = graph.reduce("ReduceSum", graph.cast(graph.less(graph.unsqueeze(v, [1]), e)), [2])
-        return graph.sub(graph.slice_(below, 1, n + 1, axis=1), graph.slice_(below, 0, n, axis=1))
-    c, s = bin_estimator(edges)
-    u = graph.mul(graph.sub(v, c), s)
-    u = graph.where(graph.greater(u, np.float32(0)), u, np.float32(0))  # NaN, -inf -> 0
-    k = graph.cast(graph.minimum(u, np.float32(n)), np.int64)           # +inf -> n; trunc
-    # GatherElements over one row of edges (ORT's is ~10x faster per index than Gather's)
-    ek = graph.reshape(graph.gather_elements(e, graph.reshape(k, [1, -1]), axis=1), [-1, length])
-    j = graph.add(k, graph.cast(graph.less_equal(ek, v), np.int64))    # NaN: e_k <= v false
-    j.dtype = np.int64  # graph.add declares float32
-    ones = graph.fill_like(v, 1.0)
-    if length >= n + 2:  # the [N, n + 2] zeros cut from the ones: 2 nodes, no shape arithmetic
-        zeros = graph.mul(graph.slice_(ones, 0, n + 2, axis=1), np.float32(0))
-    else:
-        rows = graph.slice_(graph.shape(v), 0, 1, axis=0)
-        zeros = graph.fill(graph.concat([rows, np.asarray([n + 2], np.int64)], axis=0), 0.0)
-    counts = graph.scatter_elements(zeros, j, ones, axis=1, reduction="add")
-    return graph.slice_(counts, 1, n + 1, axis=1)
-
-
 def smooth(h: np.ndarray, s: int) -> np.ndarray:
     """Uniform kernel of size s, replicate padding floor((s-1)/2) left and s-1-left right."""
     if s <= 1:
@@ -184,6 +109,18 @@ def smooth(h: np.ndarray, s: int) -> np.ndarray:
     padded = np.concatenate([np.repeat(h[:, :1], left, 1), h, np.repeat(h[:, -1:], s - 1 - left, 1)], 1)
     c = np.cumsum(np.pad(padded, ((0, 0), (1, 0))), axis=1)
     return (c[:, s:] - c[:, :-s]) / s
+
+
+def smoothing_matrix(n: int, s: int) -> np.ndarray:
+    """The integer [n, n] matrix S with h @ S = s * smooth(h, s) (identity for s <= 1)."""
+    if s <= 1:
+        return np.eye(n, dtype=np.int64)
+    left = (s - 1) // 2
+    m = np.zeros((n, n), np.int64)
+    for j in range(n):
+        for i in np.clip(np.arange(j - left, j - left + s), 0, n - 1):
+            m[i, j] += 1
+    return m
 
 
 def sym_kl(p_train: np.ndarray, q: np.ndarray, eps: float) -> np.ndarray:
@@ -288,11 +225,10 @@ class _WeiPer(Method):
                 shared[key] = graph.add(tiled, pz)
         return shared[key]
 
-    def _graph_msp(self, graph, lt):
-        c = self.head.num_classes
-        rc = graph.reshape(lt, [0, int(self.params["r"]), c])
-        top = graph.reduce("ReduceMax", graph.softmax(rc, 2), [2])  # 2 nodes, max-shifted
-        return graph.reduce("ReduceMean", top, [1])
+    def _graph_msp_terms(self, graph, lt):
+        """[N, r]: each perturbed head's maximum softmax probability."""
+        rc = graph.reshape(lt, [0, int(self.params["r"]), self.head.num_classes])
+        return graph.reduce("ReduceMax", graph.softmax(rc, 2), [2])  # 2 nodes, max-shifted
 
     # --- calibration --------------------------------------------------------------------------
     def fit_graph(self, graph, t):
@@ -335,39 +271,48 @@ class _WeiPer(Method):
     def build(self, graph, t):
         lt = self._graph_perturbed_logits(graph, t)
         t[f"{self.name}/perturbed_logits"] = lt
-        msp = self._graph_msp(graph, lt)
+        top = self._graph_msp_terms(graph, lt)
+        r = int(self.params["r"])
         if not self.uses_kld:
-            return msp
-        dz = self._graph_kld(graph, t["z"], "z", int(self.params["s1"]), EPS_Z)
-        dl = self._graph_kld(graph, lt, "L", int(self.params["s2"]), EPS_L)
-        total = graph.add(dz, graph.mul(dl, np.float32(self.params["lambda1"])))
-        return graph.sub(graph.mul(msp, np.float32(self.params["lambda2"])), total)
+            return graph.reduce("ReduceMean", top, [1])
+        n = int(self.params["n_bins"])
+        weights = np.concatenate([np.full(n, -1.0), np.full(n, -float(self.params["lambda1"])),
+                                  np.full(r, float(self.params["lambda2"]) / r)])
+        terms = graph.concat([self._graph_kl_terms(graph, t["z"], lt), top], axis=1)
+        return graph.matmul(terms, constant(graph, weights))
 
-    def _graph_kld(self, graph, v, key, s, eps):
-        edges = np.asarray(self.fitted[f"edges_{key}"], np.float32)
-        length = self.head.feature_dim if key == "z" else \
-            int(self.params["r"]) * self.head.num_classes
+    def _graph_kl_terms(self, graph, z, lt):
+        """[N, 2 n_bins]: (P - Q)(log P - log Q) of the z histogram, then of the L~ one."""
         if self.params["histogram"] == "scatter" and graph.opset < 16:
             raise EdgeoodError(f"{self.name}.histogram=scatter needs opset >= 16 (ScatterElements "
                                f"with reduction); this graph has opset {graph.opset}")
-        form = histogram_form(edges, length, graph.opset, self.params["histogram"])
-        counts = graph_bin_counts(graph, v, edges, length, form,
-                                  edges_constant(graph, edges, form, f"edges_{key}"))
-        if s > 1:  # the uniform kernel also divides by the row length (one node less)
-            left = (s - 1) // 2
-            q3 = graph.unsqueeze(counts, [1])
-            padded = graph.pad(q3, [0, 0, left, 0, 0, s - 1 - left], mode="edge")
-            kernel = constant(graph, np.full((1, 1, s), 1.0 / (s * length), np.float32))
-            q = graph.squeeze(graph.conv(padded, kernel, kernel_shape=[s]), [1])
-        else:
-            q = graph.div(counts, np.float32(length))
-        qe = graph.add(q, np.float32(eps))
-        qn = graph.div(qe, graph.reduce("ReduceSum", qe, [1], keepdims=True))
-        p_train = np.asarray(self.fitted[f"p_{key}"], np.float64) + eps
-        p_train = (p_train / p_train.sum()).astype(np.float32)
-        diff = graph.sub(p_train.reshape(1, -1), qn)
-        logs = graph.sub(np.log(p_train).reshape(1, -1), graph.log(qn))
-        return graph.reduce("ReduceSum", graph.mul(diff, logs), [1])
+        n = int(self.params["n_bins"])
+        rc = int(self.params["r"]) * self.head.num_classes
+        rows, mats, shifts, p = [], [], [], []
+        for key, v, length, s, eps in (("z", z, self.head.feature_dim, self.params["s1"], EPS_Z),
+                                       ("L", lt, rc, self.params["s2"], EPS_L)):
+            edges = np.asarray(self.fitted[f"edges_{key}"], np.float32).ravel()
+            form = histogram_form(edges, length, graph.opset, self.params["histogram"])
+            rows.append(Row(v, edges, length, form, f"edges_{key}"))
+            # raw counts -> s * smooth(counts); (smooth(c) / length + eps) is that plus
+            # eps s length, divided by s length: a factor Q's normalisation drops
+            mats.append(raw_to_bins(rows[-1]) @ smoothing_matrix(n, int(s)))
+            shifts.append(float(np.float32(eps * max(int(s), 1) * length)))
+            pk = np.asarray(self.fitted[f"p_{key}"], np.float64) + eps
+            p.append(pk / pk.sum())
+        # a scatter may start from ones where the bias absorbs them exactly
+        exact = all(float(np.float32(e - c)) == e - c for e, m, r in zip(shifts, mats, rows)
+                    if r.form == "scatter" for c in m.sum(0))
+        raw, starts, bases = graph_raw_counts(graph, rows, scatter_base=1 if exact else 0)
+        matrix = np.zeros((sum(r.raw_width for r in rows), 2 * n))
+        bias = np.zeros(2 * n)
+        for h, (row, m, e, start, base) in enumerate(zip(rows, mats, shifts, starts, bases)):
+            matrix[start:start + row.raw_width, h * n:(h + 1) * n] = m
+            bias[h * n:(h + 1) * n] = e - base * m.sum(0)
+        qe = graph.gemm(raw, constant(graph, matrix), constant(graph, bias))
+        q = graph.div(qe, graph.matmul(qe, constant(graph, np.kron(np.eye(2), np.ones((n, n))))))
+        p32 = np.concatenate(p).astype(np.float32)[None]
+        return graph.mul(graph.sub(p32, q), graph.sub(np.log(p32), graph.log(q)))
 
     def reference(self, taps):
         lt = taps.get(f"{self.name}/perturbed_logits")
