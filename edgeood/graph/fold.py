@@ -127,11 +127,11 @@ def build_decision(graph: gs.Graph, references: dict[str, np.ndarray], threshold
 
 def _lookup(graph: gs.Graph, scores: list, table: np.ndarray) -> list:
     """The p-values of M score vectors against an M x 1 x (n + 1) table (see build_decision):
-    4 nodes for one method, 7 for any number."""
+    3 nodes for one method, 7 for any number."""
     ref = constant(graph, table if len(scores) > 1 else table[0], "reference")
-    if len(scores) == 1:
-        hits = graph.less_equal(ref, graph.unsqueeze(scores[0], [1]))      # N x (n + 1)
-        return [graph.reduce("ReduceMean", graph.cast(hits), [1])]
+    if len(scores) == 1:  # the table as a column (a Transpose of a constant: folded at load)
+        hits = graph.less_equal(graph.transpose(ref, [1, 0]), scores[0])   # (n + 1) x N
+        return [graph.reduce("ReduceMean", graph.cast(hits), [0])]
     stacked = graph.reshape(graph.concat(scores, axis=0), [len(scores), -1, 1])  # M x N x 1
     hits = graph.less_equal(ref, stacked)                                  # M x N x (n + 1)
     p = graph.reduce("ReduceMean", graph.cast(hits), [2])                  # M x N

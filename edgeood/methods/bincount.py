@@ -45,17 +45,18 @@ class Row:
         return self.n + 2 if self.form == "scatter" else self.n + 1
 
 
-def bin_estimator(edges: np.ndarray, margin: float = SCATTER_MARGIN):
+def bin_estimator(edges: np.ndarray, margin: float = SCATTER_MARGIN, offset: int = 0):
     """(c, s), float32, such that for every float32 v the in-graph estimate
-    k = trunc(clamp(fl(fl(v - c) * s), 0, n)) is j - 1 or j, j = #{edges <= v} (so that
-    k + [v >= e_k] = j); None where the edges are too far from uniform for that (then the
-    histogram keeps compare-and-count).
+    k = trunc(clamp(fl(fl(v - c) * s), o, o + n)) is o + j - 1 or o + j, j = #{edges <= v},
+    o = offset (so that k + [v >= e_k] = o + j: the offset places the row's bins after other
+    rows' in one scatter, at no cost: it is folded into c); None where the edges are too far
+    from uniform for that (then the histogram keeps compare-and-count).
 
     u = fl(fl(v - c) * s) and j are both non-decreasing in v, so on each interval where j is
     constant, [e_a, e_b), u is smallest at e_a and largest at the float32 below e_b: checking u
     at every edge and at its float32 predecessor checks every float32 v. Required there, with
-    `margin` bins to spare: u >= j - 1 + margin (not for j = 0: clamped to 0) and
-    u < j + 1 - margin (not for j = n + 1: clamped to n)."""
+    `margin` bins to spare: u >= o + j - 1 + margin (not for j = 0: clamped to o) and
+    u < o + j + 1 - margin (not for j = n + 1: clamped to o + n)."""
     e = np.asarray(edges, np.float32).ravel()
     n = len(e) - 1
     if n < 1 or not np.all(np.isfinite(e)) or np.any(np.diff(e) < 0):
@@ -64,12 +65,13 @@ def bin_estimator(edges: np.ndarray, margin: float = SCATTER_MARGIN):
     if not width > 0 or not np.isfinite(1.0 / width):
         return None
     s = np.float32(1.0 / width)
-    c = np.float32(float(e[0]) - 0.5 * width)
+    c = np.float32(float(e[0]) - (0.5 + offset) * width)
     pts = np.concatenate([e, np.nextafter(e, np.float32(-np.inf))])
     with np.errstate(over="ignore", invalid="ignore"):
         u = (pts - c) * s  # float32 arithmetic, as the graph's Sub and Mul
-    j = np.searchsorted(e, pts, side="right")
-    ok = np.isfinite(u) & ((j == 0) | (u >= j - 1 + margin)) & ((j == n + 1) | (u < j + 1 - margin))
+    j = np.searchsorted(e, pts, side="right") + offset
+    ok = np.isfinite(u) & ((j == offset) | (u >= j - 1 + margin)) & \
+        ((j == offset + n + 1) | (u < j + 1 - margin))
     return (c, s) if bool(ok.all()) else None
 
 
@@ -99,9 +101,26 @@ def raw_to_bins(row: Row) -> np.ndarray:
     return a
 
 
+def settle_forms(rows: list[Row]) -> list[Row]:
+    """The rows, each scatter row whose bin estimate does not hold at its column offset in the
+    shared scatter (bin_estimator with offset) moved to compare-and-count. The offset, folded
+    into c, moves u by far less than the margin, so this guards, it does not tune."""
+    while True:
+        offset = 0
+        for r in rows:
+            if r.form == "scatter":
+                if bin_estimator(r.edges, offset=offset) is None:
+                    r.form = "compare"
+                    break
+                offset += r.raw_width
+        else:
+            return rows
+
+
 def graph_raw_counts(graph, rows: list[Row], scatter_base: int = 0):
     """(raw [N, K] float32, start column of each row, base of each row): the raw count columns
-    of every row, the scatter rows counted by one ScatterElements. A row's columns hold its
+    of every row (forms settled by settle_forms), the scatter rows counted by one
+    ScatterElements. A row's columns hold its
     raw counts plus `base`: scatter_base=1 starts the scatter from the ones the updates are
     (one node less than zeros) where the scatter rows hold at least K values; 0 otherwise."""
     scatter = [r for r in rows if r.form == "scatter"]
@@ -134,22 +153,21 @@ def _per_value(rows: list[Row], values, dtype):
 
 def _scatter_counts(graph, rows: list[Row], base: int):
     """The raw columns of the scatter rows: j = k + [e_k <= v] per value (0 below e_0 and for
-    NaN, i + 1 in bin i, n + 1 at or above e_n), offset by the row's first column, counted
-    into [N, K] by one ScatterElements."""
-    est = [bin_estimator(r.edges) for r in rows]
+    NaN, i + 1 in bin i, n + 1 at or above e_n), offset by the row's first column (folded
+    into each row's c and clamps), counted into [N, K] by one ScatterElements."""
+    offsets = [int(o) for o in np.cumsum([0] + [r.raw_width for r in rows])[:-1]]
+    est = [bin_estimator(r.edges, offset=o) for r, o in zip(rows, offsets)]
     if any(e is None for e in est):
         raise ValueError("scatter form needs edges that bin_estimator accepts")
     v = rows[0].v if len(rows) == 1 else graph.concat([r.v for r in rows], axis=1)
     length = sum(r.length for r in rows)
     u = graph.mul(graph.sub(v, _per_value(rows, [e[0] for e in est], np.float32)),
                   _per_value(rows, [e[1] for e in est], np.float32))
-    u = graph.where(graph.greater(u, np.float32(0)), u, np.float32(0))  # NaN, -inf -> 0
-    k = graph.cast(graph.minimum(u, _per_value(rows, [r.n for r in rows], np.float32)),
-                   np.int64)                                             # +inf -> n; trunc
-    offsets = np.cumsum([0] + [r.raw_width for r in rows])[:-1]
+    lo = _per_value(rows, offsets, np.float32)
+    u = graph.where(graph.greater(u, lo), u, lo)                         # NaN, -inf -> o
+    k = graph.cast(graph.minimum(u, _per_value(rows, [o + r.n for r, o in zip(rows, offsets)],
+                                               np.float32)), np.int64)   # +inf -> o + n; trunc
     if len(rows) > 1:
-        k = graph.add(k, _per_value(rows, offsets, np.int64))
-        k.dtype = np.int64  # graph.add declares float32
         # each row's edges from its first column on, padded to its raw width (never read)
         parts = [edges_constant(graph, r.edges, "scatter", r.name) for r in rows]
         pads = [np.asarray(r.edges[-1:], np.float32).reshape(1, 1) for r in rows]
@@ -176,5 +194,5 @@ def graph_bin_counts(graph, v, edges: np.ndarray, length: int, form: str, name=N
     """[N, n] float32 counts of each row of v ([N, length]) over [e_i, e_i+1), values outside
     [e_0, e_n) (and NaN) dropped: exactly np.diff of the counts below each edge."""
     row = Row(v, np.asarray(edges, np.float32).ravel(), length, form, name)
-    raw, _, _ = graph_raw_counts(graph, [row])
+    raw, _, _ = graph_raw_counts(graph, settle_forms([row]))
     return graph.matmul(raw, constant(graph, raw_to_bins(row)))

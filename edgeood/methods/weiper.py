@@ -48,7 +48,8 @@ from edgeood.errors import EdgeoodError
 from edgeood.graph.ops import constant, scope
 from edgeood.methods.base import Method, register
 from edgeood.methods.bincount import (  # noqa: F401  (bin_estimator, graph_bin_counts: tests)
-    Row, bin_estimator, graph_bin_counts, graph_raw_counts, histogram_form, raw_to_bins)
+    Row, bin_estimator, graph_bin_counts, graph_raw_counts, histogram_form, raw_to_bins,
+    settle_forms)
 from edgeood.methods.numeric import softmax
 
 # (r, delta, n_bins, lambda1, lambda2, s1, s2) from methods.md, chosen by the number of classes
@@ -288,18 +289,19 @@ class _WeiPer(Method):
                                f"with reduction); this graph has opset {graph.opset}")
         n = int(self.params["n_bins"])
         rc = int(self.params["r"]) * self.head.num_classes
-        rows, mats, shifts, p = [], [], [], []
+        rows, shifts, p = [], [], []
         for key, v, length, s, eps in (("z", z, self.head.feature_dim, self.params["s1"], EPS_Z),
                                        ("L", lt, rc, self.params["s2"], EPS_L)):
             edges = np.asarray(self.fitted[f"edges_{key}"], np.float32).ravel()
             form = histogram_form(edges, length, graph.opset, self.params["histogram"])
             rows.append(Row(v, edges, length, form, f"edges_{key}"))
-            # raw counts -> s * smooth(counts); (smooth(c) / length + eps) is that plus
-            # eps s length, divided by s length: a factor Q's normalisation drops
-            mats.append(raw_to_bins(rows[-1]) @ smoothing_matrix(n, int(s)))
             shifts.append(float(np.float32(eps * max(int(s), 1) * length)))
             pk = np.asarray(self.fitted[f"p_{key}"], np.float64) + eps
             p.append(pk / pk.sum())
+        # raw counts -> s * smooth(counts); (smooth(c) / length + eps) is that plus
+        # eps s length, divided by s length: a factor Q's normalisation drops
+        mats = [raw_to_bins(row) @ smoothing_matrix(n, int(s))
+                for row, s in zip(settle_forms(rows), (self.params["s1"], self.params["s2"]))]
         # a scatter may start from ones where the bias absorbs them exactly
         exact = all(float(np.float32(e - c)) == e - c for e, m, r in zip(shifts, mats, rows)
                     if r.form == "scatter" for c in m.sum(0))
