@@ -69,9 +69,19 @@ def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,
         tied = graph.cast(graph.equal(v, t))
         first = graph.cast(graph.less_equal(graph.cumsum(tied, 1), rest))
         return graph.add(below, graph.mul(tied, first))
+    idx = least_indices(graph, v, n, limit, selection)
+    assert idx is not None
+    return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
+
+
+def least_indices(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,
+                  selection: str = "topk") -> gs.Variable | None:
+    """int64 [N, n] indices of least_mask's entries (in no particular order), for the TopK
+    forms; None for "search" (a mask, no indices) and n <= 0."""
+    if n <= 0 or (selection == "search" and n > limit):
+        return None
     if limit <= 0 or n <= limit:
-        _, idx = graph.topk(v, n, axis=1, largest=False, sorted=False)
-        return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
+        return graph.topk(v, n, axis=1, largest=False, sorted=False)[1]
     parts, cur, left = [], v, n
     while left > 0:
         k = min(left, limit)
@@ -80,8 +90,7 @@ def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,
         left -= k
         if left > 0:
             cur = graph.scatter_elements(cur, idx, graph.fill_like(idx, np.inf))
-    idx = parts[0] if len(parts) == 1 else graph.concat(parts, axis=1)
-    return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
+    return parts[0] if len(parts) == 1 else graph.concat(parts, axis=1)
 
 
 _POW2 = np.zeros(512, np.float32)  # _POW2[i] = 2^(i - 150) (i >= 1; +inf past 2^127), 0 at i = 0
@@ -186,13 +195,22 @@ class _AdaScale(Method):
         chw = [int(v) for v in x.shape[1:]]
         n = int(np.prod(chw) * self.params["o"])
         grad, z32 = self._gradient(graph, x, logits, z)
-        flat = graph.reshape(graph.abs_(grad), [0, -1])
-        mask = least_mask(graph, flat, n, int(self.params["topk_limit"]),
-                          self.params["selection"])
-        step = graph.mul(graph.sign(grad), np.float32(self.params["eps"]))
-        # a constant target shape (batch copied by the 0): no int64 Shape node, which ONNX
+        limit, selection = int(self.params["topk_limit"]), self.params["selection"]
+        g = graph.reshape(grad, [0, -1])
+        flat = graph.abs_(g)
+        idx = least_indices(graph, flat, n, limit, selection)
+        eps = np.float32(self.params["eps"])
+        # constant target shapes (batch copied by the 0): no int64 Shape node, which ONNX
         # Runtime's CUDA provider would run on the CPU
-        x_new = graph.add(x, graph.mul(step, graph.reshape(mask, [0, *chw])))
+        if idx is not None:  # x + eps sign(g) written at the n indices: no full-size mask
+            xf = graph.reshape(x, [0, -1])
+            moved = graph.add(graph.gather_elements(xf, idx),
+                              graph.mul(graph.sign(graph.gather_elements(g, idx)), eps))
+            x_new = graph.reshape(graph.scatter_elements(xf, idx, moved), [0, *chw])
+        else:
+            mask = least_mask(graph, flat, n, limit, selection)
+            step = graph.mul(graph.sign(grad), eps)
+            x_new = graph.add(x, graph.mul(step, graph.reshape(mask, [0, *chw])))
         if z32 is not None:  # float32 second pass over the float32 copy; Q against its z
             z_new = clone_between(graph, x, z32, x_new)
             t[self.z_first_key] = z = z32
