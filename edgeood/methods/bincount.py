@@ -11,8 +11,9 @@ Each row of values ([N, length]) is counted over its own float32 edges e_0 <= ..
   TensorRT parser builds without plugins. O(M E). Raw columns per row: n + 1.
 Either way a row's bin counts are its raw columns times a small integer matrix (`raw_to_bins`),
 so a consumer folds that mapping (and any linear smoothing) into one matrix product of its
-own. The raw counts and every partial sum of such a product are integers below 2^24, so any
-summation order, on any backend, gives them exactly.
+own. The raw counts and every partial sum of such a product are integers, at most
+2 s (M + 1) for a kernel of s bins over M values (8 M for s = 40, M = 100000): below 2^24,
+any summation order, on any backend, gives them exactly.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ TensorRT 10 builds the scatter with its ScatterElements plugin (libnvinfer_plugi
 The KLD tail is a handful of nodes for both histograms at once (a GPU runs a kernel per node):
 one Gemm maps the raw counts of both to s * smoothed counts + eps * s * length (the bin
 mapping, the uniform kernel with its replicate padding and eps folded into one integer matrix
-and a bias; all integers below 2^24, so exact in any summation order), which is Q up to a
+and a bias; integers of at most 2 s (M + 1), exact in any order below 2^24), which is Q up to a
 factor per histogram; one MatMul of block ones gives each histogram's sum, a Div normalises,
 and (P - Q)(log P - log Q) for both and the r MSP terms meet in one MatMul with the weights
 -1, -lambda1 and lambda2 / r, which is the score.
