@@ -62,16 +62,15 @@ def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,
     """
     if n <= 0:
         return graph.mul(v, np.float32(0))
-    if selection == "search" and n > limit:
-        t = _nth_smallest(graph, v, n)
-        below = graph.cast(graph.less(v, t))
-        rest = graph.sub(np.float32(n), graph.reduce("ReduceSum", below, [1], keepdims=True))
-        tied = graph.cast(graph.equal(v, t))
-        first = graph.cast(graph.less_equal(graph.cumsum(tied, 1), rest))
-        return graph.add(below, graph.mul(tied, first))
     idx = least_indices(graph, v, n, limit, selection)
-    assert idx is not None
-    return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
+    if idx is not None:
+        return graph.scatter_elements(graph.fill_like(v, 0.0), idx, graph.fill_like(idx, 1.0))
+    t = _nth_smallest(graph, v, n)  # "search"
+    below = graph.cast(graph.less(v, t))
+    rest = graph.sub(np.float32(n), graph.reduce("ReduceSum", below, [1], keepdims=True))
+    tied = graph.cast(graph.equal(v, t))
+    first = graph.cast(graph.less_equal(graph.cumsum(tied, 1), rest))
+    return graph.add(below, graph.mul(tied, first))
 
 
 def least_indices(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,

@@ -102,46 +102,44 @@ def raw_to_bins(row: Row) -> np.ndarray:
     return a
 
 
+def _offsets(rows: list[Row]) -> list[int]:
+    """The first raw column of each row, the rows' columns side by side in order."""
+    return [int(o) for o in np.cumsum([0] + [r.raw_width for r in rows])[:-1]]
+
+
 def settle_forms(rows: list[Row]) -> list[Row]:
     """The rows, each scatter row whose bin estimate does not hold at its column offset in the
     shared scatter (bin_estimator with offset) moved to compare-and-count. The offset, folded
     into c, moves u by far less than the margin, so this guards, it does not tune."""
     while True:
-        offset = 0
-        for r in rows:
-            if r.form == "scatter":
-                if bin_estimator(r.edges, offset=offset) is None:
-                    r.form = "compare"
-                    break
-                offset += r.raw_width
-        else:
+        scatter = [r for r in rows if r.form == "scatter"]
+        bad = [r for r, o in zip(scatter, _offsets(scatter))
+               if bin_estimator(r.edges, offset=o) is None]
+        if not bad:
             return rows
+        bad[0].form = "compare"
 
 
 def graph_raw_counts(graph, rows: list[Row], scatter_base: int = 0):
     """(raw [N, K] float32, start column of each row, base of each row): the raw count columns
-    of every row (forms settled by settle_forms), the scatter rows counted by one
-    ScatterElements. A row's columns hold its
-    raw counts plus `base`: scatter_base=1 starts the scatter from the ones the updates are
-    (one node less than zeros) where the scatter rows hold at least K values; 0 otherwise."""
+    of every row (forms settled by settle_forms), the scatter rows first, counted by one
+    ScatterElements. A row's columns hold its raw counts plus its base: scatter_base=1 starts
+    the scatter from the ones the updates are (one node less than zeros) where the scatter rows
+    hold at least K values; 0 otherwise (and always for compare rows)."""
     scatter = [r for r in rows if r.form == "scatter"]
-    pieces, starts, bases, col = [], {}, {}, 0
-    if scatter:
-        width = sum(r.raw_width for r in scatter)
-        base = scatter_base if sum(r.length for r in scatter) >= width else 0
-        pieces.append(_scatter_counts(graph, scatter, base))
-        for r in scatter:
-            starts[id(r)], bases[id(r)], col = col, base, col + r.raw_width
-    for r in rows:
-        if r.form == "compare":
-            below = graph.cast(graph.less(graph.unsqueeze(r.v, [1]),
-                                          edges_constant(graph, r.edges, "compare", r.name)))
-            # [N, E, M]: a contiguous reduction over the values (the [N, M, E] orientation
-            # reduces over a strided axis and measured several times slower)
-            pieces.append(graph.reduce("ReduceSum", below, [2]))
-            starts[id(r)], bases[id(r)], col = col, 0, col + r.raw_width
+    compare = [r for r in rows if r.form == "compare"]
+    base = scatter_base if sum(r.length for r in scatter) >= sum(r.raw_width for r in scatter) \
+        else 0
+    pieces = [_scatter_counts(graph, scatter, base)] if scatter else []
+    for r in compare:
+        below = graph.cast(graph.less(graph.unsqueeze(r.v, [1]),
+                                      edges_constant(graph, r.edges, "compare", r.name)))
+        # [N, E, M]: a contiguous reduction over the values (the [N, M, E] orientation
+        # reduces over a strided axis and measured several times slower)
+        pieces.append(graph.reduce("ReduceSum", below, [2]))
     raw = pieces[0] if len(pieces) == 1 else graph.concat(pieces, axis=1)
-    return raw, [starts[id(r)] for r in rows], [bases[id(r)] for r in rows]
+    start = {id(r): o for r, o in zip(scatter + compare, _offsets(scatter + compare))}
+    return raw, [start[id(r)] for r in rows], [base if r.form == "scatter" else 0 for r in rows]
 
 
 def _per_value(rows: list[Row], values, dtype):
@@ -156,7 +154,7 @@ def _scatter_counts(graph, rows: list[Row], base: int):
     """The raw columns of the scatter rows: j = k + [e_k <= v] per value (0 below e_0 and for
     NaN, i + 1 in bin i, n + 1 at or above e_n), offset by the row's first column (folded
     into each row's c and clamps), counted into [N, K] by one ScatterElements."""
-    offsets = [int(o) for o in np.cumsum([0] + [r.raw_width for r in rows])[:-1]]
+    offsets = _offsets(rows)
     est = [bin_estimator(r.edges, offset=o) for r, o in zip(rows, offsets)]
     if any(e is None for e in est):
         raise ValueError("scatter form needs edges that bin_estimator accepts")

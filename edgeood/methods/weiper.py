@@ -273,10 +273,9 @@ class _WeiPer(Method):
         lt = self._graph_perturbed_logits(graph, t)
         t[f"{self.name}/perturbed_logits"] = lt
         top = self._graph_msp_terms(graph, lt)
-        r = int(self.params["r"])
         if not self.uses_kld:
             return graph.reduce("ReduceMean", top, [1])
-        n = int(self.params["n_bins"])
+        n, r = int(self.params["n_bins"]), int(self.params["r"])
         weights = np.concatenate([np.full(n, -1.0), np.full(n, -float(self.params["lambda1"])),
                                   np.full(r, float(self.params["lambda2"]) / r)])
         terms = graph.concat([self._graph_kl_terms(graph, t["z"], lt), top], axis=1)
@@ -289,19 +288,20 @@ class _WeiPer(Method):
                                f"with reduction); this graph has opset {graph.opset}")
         n = int(self.params["n_bins"])
         rc = int(self.params["r"]) * self.head.num_classes
-        rows, shifts, p = [], [], []
+        rows, kernels, shifts, p = [], [], [], []
         for key, v, length, s, eps in (("z", z, self.head.feature_dim, self.params["s1"], EPS_Z),
                                        ("L", lt, rc, self.params["s2"], EPS_L)):
             edges = np.asarray(self.fitted[f"edges_{key}"], np.float32).ravel()
             form = histogram_form(edges, length, graph.opset, self.params["histogram"])
             rows.append(Row(v, edges, length, form, f"edges_{key}"))
+            kernels.append(int(s))
             shifts.append(float(np.float32(eps * max(int(s), 1) * length)))
             pk = np.asarray(self.fitted[f"p_{key}"], np.float64) + eps
             p.append(pk / pk.sum())
+        settle_forms(rows)
         # raw counts -> s * smooth(counts); (smooth(c) / length + eps) is that plus
         # eps s length, divided by s length: a factor Q's normalisation drops
-        mats = [raw_to_bins(row) @ smoothing_matrix(n, int(s))
-                for row, s in zip(settle_forms(rows), (self.params["s1"], self.params["s2"]))]
+        mats = [raw_to_bins(row) @ smoothing_matrix(n, s) for row, s in zip(rows, kernels)]
         # a scatter may start from ones where the bias absorbs them exactly
         exact = all(float(np.float32(e - c)) == e - c for e, m, r in zip(shifts, mats, rows)
                     if r.form == "scatter" for c in m.sum(0))
