@@ -164,8 +164,10 @@ def _scatter_counts(graph, rows: list[Row], base: int):
                   _per_value(rows, [e[1] for e in est], np.float32))
     lo = _per_value(rows, offsets, np.float32)
     u = graph.where(graph.greater(u, lo), u, lo)                         # NaN, -inf -> o
+    # int32 indices (widths are far below 2^31): half the bytes of int64 through the Cast,
+    # the Add, the gather and the scatter, and TensorRT's own index type
     k = graph.cast(graph.minimum(u, _per_value(rows, [o + r.n for r, o in zip(rows, offsets)],
-                                               np.float32)), np.int64)   # +inf -> o + n; trunc
+                                               np.float32)), np.int32)   # +inf -> o + n; trunc
     if len(rows) > 1:
         # each row's edges from its first column on, padded to its raw width (never read)
         parts = [edges_constant(graph, r.edges, "scatter", r.name) for r in rows]
@@ -175,8 +177,8 @@ def _scatter_counts(graph, rows: list[Row], base: int):
         e = edges_constant(graph, rows[0].edges, "scatter", rows[0].name)
     # GatherElements over one row of edges (ORT's is ~10x faster per index than Gather's)
     ek = graph.reshape(graph.gather_elements(e, graph.reshape(k, [1, -1]), axis=1), [-1, length])
-    j = graph.add(k, graph.cast(graph.less_equal(ek, v), np.int64))    # NaN: e_k <= v false
-    j.dtype = np.int64
+    j = graph.add(k, graph.cast(graph.less_equal(ek, v), np.int32))    # NaN: e_k <= v false
+    j.dtype = np.int32
     ones = graph.fill_like(v, 1.0)
     width = sum(r.raw_width for r in rows)
     if base == 1:   # the ones cut to [N, K]: the counts start from one
