@@ -59,9 +59,15 @@ def aupr_out(id_scores, ood_scores) -> float:
     return average_precision(-np.asarray(ood_scores, np.float64), -np.asarray(id_scores, np.float64))
 
 
+def flagged(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """is_ood as the detector's graph computes it: not (score >= threshold), so a NaN score is
+    OOD (fail-safe) instead of passing as in-distribution."""
+    return ~(np.asarray(scores) >= threshold)
+
+
 def false_alarm_rate(id_scores: np.ndarray, threshold: float) -> float:
-    """Fraction of ID images flagged OOD (score < threshold)."""
-    return float(np.mean(np.asarray(id_scores) < threshold))
+    """Fraction of ID images flagged OOD (see flagged)."""
+    return float(np.mean(flagged(id_scores, threshold)))
 
 
 def summary(id_scores, ood_scores, tpr: float = 0.95) -> dict[str, float]:

@@ -7,7 +7,7 @@ import pytest
 
 import edgeood
 from edgeood.calibrate import conformal_pvalue
-from edgeood.metrics import false_alarm_rate
+from edgeood.metrics import false_alarm_rate, flagged
 from tests.conftest import false_alarm_interval
 
 
@@ -31,6 +31,28 @@ def test_false_alarm_rate_on_id_test(digits_detector, digits_data):
         rate = false_alarm_rate(res.scores[m], thr)
         assert lo <= rate <= hi, f"{m}: false-alarm rate {rate:.4f} outside [{lo:.4f}, {hi:.4f}]"
     np.testing.assert_array_equal(res.is_ood, res.scores[det.primary] < det.thresholds[det.primary])
+
+
+def test_a_nan_score_is_ood_with_pvalue_0(digits_detector, digits_data):
+    """A NaN image (every score NaN; what an overflowing reduced-precision backbone or a broken
+    upstream stage hands the graph) is flagged OOD with p-value 0 by the graph itself, run by ONNX
+    Runtime directly (edgeood's own runner refuses NaN input): score < threshold would be
+    False for NaN and pass it as in-distribution."""
+    import onnxruntime as ort
+    det = edgeood.load(digits_detector.path)
+    x = det.preprocess.normalize(digits_data.test[0][:4]).astype(np.float32)
+    x[1] = np.nan
+    sess = ort.InferenceSession(str(digits_detector.path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))
+    s = out[f"score_{det.primary}"]
+    assert np.isnan(s[1]) and np.isfinite(s[[0, 2, 3]]).all()
+    assert out["is_ood"][1]
+    np.testing.assert_array_equal(out["is_ood"], flagged(s, det.thresholds[det.primary]))
+    np.testing.assert_array_equal(out["is_ood"][[0, 2, 3]],
+                                  s[[0, 2, 3]] < det.thresholds[det.primary])
+    for m in det.methods:
+        assert np.isnan(out[f"score_{m}"][1]) and out[f"pvalue_{m}"][1] == 0, m
 
 
 def test_threshold_is_the_5th_percentile_of_calibration_scores(digits_detector, digits_data):

@@ -14,9 +14,10 @@ from edgeood.graph.taps import tapped
 from edgeood.runtime.node_count import added_nodes
 from tests.conftest import ALL_METHODS
 
-# one method: its own nodes + LessOrEqual, Cast, ReduceMean (p-value) + Less (is_ood)
+# one method: its own nodes + LessOrEqual, Cast, ReduceMean (p-value) + GreaterOrEqual, Not
+# (is_ood, NaN scores OOD)
 ALONE = {"energy": 1, "maxlogit": 1, "msp": 2, "react": 3, "scale": 8, "featurenorm": 2}
-DECISION_ONE, DECISION_STACKED = 4, 8  # stacked: Concat, Reshape, ..., Reshape, Split
+DECISION_ONE, DECISION_STACKED = 5, 9  # stacked: Concat, Reshape, ..., Reshape, Split
 
 
 def _classifier(model_path) -> bytes:
@@ -30,7 +31,9 @@ def test_each_method_alone(method, digits_model, digits_data, tmp_path):
                          recipe="digits_cnn", out=tmp_path / "d.onnx")
     count = added_nodes(str(res.path), _classifier(digits_model))
     assert count["added"] <= ALONE[method] + DECISION_ONE, count
-    assert count["by_op"].get("LessOrEqual") == 1 and count["by_op"].get("Less") == 1, count
+    ops = count["by_op"]
+    assert ops.get("LessOrEqual") == 1 and ops.get("GreaterOrEqual") == 1 and ops.get("Not") == 1, \
+        count
 
 
 def test_six_methods_share_one_lookup(lite0_model, lite0_photos, tmp_path):
@@ -41,15 +44,15 @@ def test_six_methods_share_one_lookup(lite0_model, lite0_photos, tmp_path):
     budget = sum(ALONE.values()) + 1 + DECISION_STACKED
     assert count["added"] <= budget, count
     ops = count["by_op"]
-    assert ops.get("LessOrEqual") == 1 and ops.get("Less") == 1 and ops.get("Split") == 1, ops
+    assert ops.get("LessOrEqual") == 1 and ops.get("Not") == 1 and ops.get("Split") == 1, ops
 
 
 # the heavier heads on the digits CNN, counted when they were last cut (README, "Head nodes"):
 # WeiPer's projection + MSP + two histograms (compare-and-count on these short rows, the
 # scatter form forced), AdaSCALE's input gradient + second pass + scoring tail
-HEAVY = [("weiper_msp", {}, 11), ("weiper_kld", {}, 28),
-         ("weiper_kld", {"histogram": "scatter"}, 36), ("adascale_a", {}, 131),
-         ("adascale_l", {}, 130)]
+HEAVY = [("weiper_msp", {}, 12), ("weiper_kld", {}, 29),
+         ("weiper_kld", {"histogram": "scatter"}, 37), ("adascale_a", {}, 132),
+         ("adascale_l", {}, 131)]
 
 
 @pytest.mark.parametrize("method,params,budget", HEAVY)

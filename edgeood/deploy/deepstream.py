@@ -203,7 +203,7 @@ def deepstream_config(detector, out_dir, batch: int = 1, half: bool = False, dev
               f"(x / 255 - mean) / std, mean {list(pre.mean)}, std {list(pre.std)}"),
              *([("# the per-channel part of std is a Mul at the model's input (std[0] / "
                  f"std[c]: {channel_scale})")] if per_channel and det.kind == "onnx" else []),
-             f"# thresholds (is_ood = score_{det.meta['primary']} < threshold): "
+             f"# thresholds (is_ood = not score_{det.meta['primary']} >= threshold): "
              + ", ".join(f"{m} {t:.6g}" for m, t in det.thresholds.items()),
              "[property]"]
     lines += [f"{k}={_format(v)}" for k, v in props.items()]

@@ -11,7 +11,7 @@ Pipeline: source -> nvstreammux -> nvinfer (network-type=100, output-tensor-meta
 fakesink, or nvdsosd + a window with --display. A pad probe after nvinfer reads every output
 tensor of each frame from NvDsInferTensorMeta (the frame's user meta), and prints one JSON
 line per frame: source, frame, label, scores, pvalues, is_ood (the graph's decision) and
-is_ood_check (score_primary < threshold, from NAME.deepstream.json). Needs DeepStream 6.x/7.x
+is_ood_check (not score_primary >= threshold, from NAME.deepstream.json; NaN is OOD). Needs DeepStream 6.x/7.x
 and its Python bindings (pyds); only the decoding below runs without them.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def frame_result(layers: dict[str, np.ndarray], spec: dict) -> dict:
         row["is_ood"] = bool(layers["is_ood"].reshape(-1)[0])
     threshold = spec["thresholds"].get(primary)
     if threshold is not None and primary in scores:
-        row["is_ood_check"] = bool(scores[primary] < threshold)
+        row["is_ood_check"] = not bool(scores[primary] >= threshold)   # NaN: OOD, like the graph
     return row
 
 

@@ -90,7 +90,9 @@ def build_decision(graph: gs.Graph, references: dict[str, np.ndarray], threshold
     p(s) = (1 + #{ref <= s}) / (n + 1) for every method at once: the scores are stacked into an
     M x N x 1 tensor and compared with one M x 1 x (n + 1) table of sorted references whose
     first column is -inf (the "1 +"), so one LessOrEqual, Cast and ReduceMean give all p-values
-    (methods with different n get one table each). is_ood = score_primary < threshold.
+    (methods with different n get one table each). is_ood = not (score_primary >= threshold):
+    a NaN score (a NaN / inf input, an overflowing reduced-precision backbone) is OOD, as its
+    p-value 0 says, rather than passing as in-distribution the way score < threshold would.
     """
     old = [t for t in graph.outputs if t.name.startswith(PVALUE_PREFIX) or t.name == IS_OOD]
     graph.outputs = [t for t in graph.outputs if t not in old]
@@ -117,7 +119,7 @@ def build_decision(graph: gs.Graph, references: dict[str, np.ndarray], threshold
                 pvalues[method] = _set_output(p, pvalue_name(method), [n_batch])
     with scope(graph, "decision"):
         thr = constant(graph, np.float32(threshold), "threshold")
-        is_ood = graph.less(tensors[score_name(primary)], thr)
+        is_ood = graph.not_(graph.greater_equal(tensors[score_name(primary)], thr))
     is_ood = _set_output(is_ood, IS_OOD, [n_batch], np.bool_)
     ordered = [pvalues[method_of(s.name, SCORE_PREFIX)] for s in scores]
     graph.outputs = [t for t in graph.outputs if t not in taps] + ordered + [is_ood] + taps

@@ -93,7 +93,8 @@ for _name, _op, _dt in [("add", "Add", F32), ("sub", "Sub", F32), ("mul", "Mul",
                         ("div", "Div", F32), ("minimum", "Min", F32), ("maximum", "Max", F32),
                         ("matmul", "MatMul", F32), ("pow_", "Pow", F32),
                         ("less", "Less", np.bool_), ("less_equal", "LessOrEqual", np.bool_),
-                        ("greater", "Greater", np.bool_), ("equal", "Equal", np.bool_),
+                        ("greater", "Greater", np.bool_),
+                        ("greater_equal", "GreaterOrEqual", np.bool_), ("equal", "Equal", np.bool_),
                         ("and_", "And", np.bool_)]:
     _f = _binary(_op, _dt)
     _f.__name__ = _name
@@ -106,6 +107,12 @@ def cast(self, x, to=F32):
     from onnx import helper
     onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(to))
     return _layer(self, "Cast", [x], {"to": onnx_type}, dtypes=[np.dtype(to).type])
+
+
+@gs.Graph.register()
+def not_(self, x):
+    """Elementwise logical Not of a bool tensor."""
+    return _layer(self, "Not", [x], dtypes=[np.bool_])
 
 
 @gs.Graph.register()
