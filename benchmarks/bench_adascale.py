@@ -113,8 +113,8 @@ def mask_floor(classifier: bytes, x, runs: int = 50) -> dict:
     is a floor for any exact mask built from separate nodes."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
-    from edgeood.graph.model import _fixed_and_inferred
-    model = _fixed_and_inferred(onnx.load_from_string(classifier))  # shapes at batch 1
+    from edgeood.graph.model import fixed_and_inferred
+    model = fixed_and_inferred(onnx.load_from_string(classifier))  # shapes at batch 1
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
               for vi in [*model.graph.value_info, *model.graph.output]}
     acts = [n.output[0] for n in model.graph.node if n.op_type in ("Clip", "Relu")]

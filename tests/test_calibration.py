@@ -35,16 +35,14 @@ def test_false_alarm_rate_on_id_test(digits_detector, digits_data):
 
 def test_a_nan_score_is_ood_with_pvalue_0(digits_detector, digits_data):
     """A NaN image (every score NaN; what an overflowing reduced-precision backbone or a broken
-    upstream stage hands the graph) is flagged OOD with p-value 0 by the graph itself, run by ONNX
-    Runtime directly (edgeood's own runner refuses NaN input): score < threshold would be
-    False for NaN and pass it as in-distribution."""
-    import onnxruntime as ort
+    upstream stage hands the graph) is flagged OOD with p-value 0 by the graph itself, run on
+    the ONNX Runtime backend (the Detector's preprocessing refuses NaN input): score < threshold
+    would be False for NaN and pass it as in-distribution."""
+    from edgeood.runtime.ort_backend import OrtBackend
     det = edgeood.load(digits_detector.path)
     x = det.preprocess.normalize(digits_data.test[0][:4]).astype(np.float32)
     x[1] = np.nan
-    sess = ort.InferenceSession(str(digits_detector.path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    out = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))
+    out = OrtBackend(digits_detector.path).run(x)
     s = out[f"score_{det.primary}"]
     assert np.isnan(s[1]) and np.isfinite(s[[0, 2, 3]]).all()
     assert out["is_ood"][1]

@@ -11,8 +11,8 @@ Pipeline: source -> nvstreammux -> nvinfer (network-type=100, output-tensor-meta
 fakesink, or nvdsosd + a window with --display. A pad probe after nvinfer reads every output
 tensor of each frame from NvDsInferTensorMeta (the frame's user meta), and prints one JSON
 line per frame: source, frame, label, scores, pvalues, is_ood (the graph's decision) and
-is_ood_check (not score_primary >= threshold, from NAME.deepstream.json; NaN is OOD). Needs DeepStream 6.x/7.x
-and its Python bindings (pyds); only the decoding below runs without them.
+is_ood_check (not score_primary >= threshold, from NAME.deepstream.json; NaN is OOD). Needs
+DeepStream 6.x/7.x and its Python bindings (pyds); only the decoding below runs without them.
 """
 from __future__ import annotations
 

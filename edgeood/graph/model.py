@@ -94,13 +94,13 @@ def _infer_or_keep(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _fixed_and_inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+def fixed_and_inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     """_with_fixed_inputs with every shape inferred (some adapters read intermediate shapes)."""
     return _infer_or_keep(_with_fixed_inputs(model))
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    m = _fixed_and_inferred(model)
+    m = fixed_and_inferred(model)
     ranks = {t.name: len(t.dims) for t in m.graph.initializer}
     for vi in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
         if vi.type.tensor_type.HasField("shape"):
@@ -159,7 +159,7 @@ def _convert(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     try:
         return onnx.version_converter.convert_version(model, target)
     except Exception:
-        converted = onnx.version_converter.convert_version(_fixed_and_inferred(model), target)
+        converted = onnx.version_converter.convert_version(fixed_and_inferred(model), target)
         _restore_types(converted, model)
         return converted
 

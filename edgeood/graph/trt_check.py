@@ -110,7 +110,7 @@ def check_target(model: onnx.ModelProto, target: str) -> tuple[list[str], list[s
     opset = max((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), default=0)
     if not t.opset[0] <= opset <= t.opset[1]:
         problems.append(f"opset {opset} is outside {t.name}'s range {t.opset}")
-    types = _elem_types(model)
+    types = elem_types(model)
     values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
               if i.data_location != onnx.TensorProto.EXTERNAL}
     inits = {i.name for i in model.graph.initializer}
@@ -190,7 +190,7 @@ def _size(model: onnx.ModelProto) -> int:
         return TWO_GB + 1
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor (shape inference over a copy without the weights' data)."""
     light = onnx.ModelProto()
     light.CopyFrom(model)

@@ -34,7 +34,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeood.conventions import TOPK_LIMIT
-from edgeood.graph.trt_check import _elem_types, small_constants
+from edgeood.graph.trt_check import elem_types, small_constants
 
 OP = "ReduceLogSumExp"
 
@@ -82,7 +82,7 @@ def split_topk(model: onnx.ModelProto) -> int:
     todo = _topk_to_fix(model)
     if not todo:
         return 0
-    types = _elem_types(model) if any(k > TOPK_LIMIT for k in todo.values()) else {}
+    types = elem_types(model) if any(k > TOPK_LIMIT for k in todo.values()) else {}
     nodes, dropped_k = [], set()
     for i, node in enumerate(model.graph.node):
         kept = onnx.NodeProto()
