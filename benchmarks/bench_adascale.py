@@ -22,8 +22,8 @@ import onnx
 import torch
 
 import edgeood
-from edgeood.runtime.node_count import added_nodes
-from edgeood.profile import round_robin
+from edgeood.runtime.onnxruntime.node_count import added_nodes
+from edgeood.tools.profile import round_robin
 from common import NO_SPIN, THREADS, lite0_graph, parser, session, tapped_model
 from edgeood.zoo import efficientnet_lite0 as lite0
 
@@ -171,7 +171,7 @@ def main():
         for b in args.batch:
             x = lite0.photos(b, seed=1)
             from edgeood.data import Preprocess
-            from edgeood.recipes import load_recipe
+            from edgeood.pipeline.recipes import load_recipe
             rin = load_recipe(lite0.RECIPE).input
             x = Preprocess(size=tuple(rin["size"]), mean=rin["mean"], std=rin["std"]).normalize(x)
             samples = round_robin({k: (lambda fn=fn: fn(x)) for k, fn in variants.items()},

@@ -18,8 +18,8 @@ import numpy as np
 
 import edgeood
 from edgeood.methods import ModelInfo, from_metadata
-from edgeood.runtime.node_count import added_nodes
-from edgeood.profile import round_robin
+from edgeood.runtime.onnxruntime.node_count import added_nodes
+from edgeood.tools.profile import round_robin
 from common import THREADS, lite0_graph, parser, session, tapped_model, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
@@ -28,7 +28,7 @@ METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm"]
 
 def build_variants(tmp: Path, batch_sizes, nodes: dict):
     """The timed variants; fills `nodes` with the nodes each head adds after ONNX Runtime's
-    extended optimisations (edgeood.runtime.node_count), per method and for all six."""
+    extended optimisations (edgeood.runtime.onnxruntime.node_count), per method and for all six."""
     src, graph, head = lite0_graph()
     calib = lite0.photos(100, seed=0)
     # baseline: the same constant-folded graph every variant starts from, logits only

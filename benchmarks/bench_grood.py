@@ -31,7 +31,7 @@ from onnx import helper, numpy_helper
 import edgeood
 from edgeood.data import Preprocess
 from edgeood.methods import REGISTRY
-from edgeood.profile import round_robin
+from edgeood.tools.profile import round_robin
 from common import NO_SPIN, THREADS, lite0_graph, parser, session, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 

@@ -1,7 +1,7 @@
 """Reduced precision: drift and latency of float32 / float16 / int8 detectors (ONNX Runtime CPU).
 
 drift: every method exported at each precision (statistics, thresholds and p-value references
-fitted on that precision's graph), evaluated side by side (edgeood.evaluate.evaluate_many):
+fitted on that precision's graph), evaluated side by side (edgeood.tools.evaluate.evaluate_many):
 AUROC / FPR@95 per OOD set, the AUROC drift against float32 and the ID false-alarm rate at each
 detector's own threshold.
 - digits: the shipped CNN, calibrated on the ID val split (216, labels), ID test (217) vs
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeood
-from edgeood.evaluate import evaluate_many
+from edgeood.tools.evaluate import evaluate_many
 
 ALL = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm", "adascale_a", "adascale_l",
        "weiper_msp", "weiper_kld", "grood", "layer_energy"]
@@ -131,7 +131,7 @@ def latency(tmp: Path, rounds: int, per_round: int, batches) -> dict:
     from edgeood.data import open_source
     from edgeood.graph.model import to_model
     from edgeood.graph.precision import reduce_precision
-    from edgeood.profile import round_robin
+    from edgeood.tools.profile import round_robin
     from edgeood.zoo import efficientnet_lite0 as lite0
     src, graph, head = lite0_graph()
     calib = lite0.photos(300, seed=0)

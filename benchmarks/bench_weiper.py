@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 
 import edgeood
-from edgeood.runtime.node_count import added_nodes
+from edgeood.runtime.onnxruntime.node_count import added_nodes
 from edgeood.methods.weiper import EPS_L, EPS_Z, smooth
-from edgeood.profile import round_robin
+from edgeood.tools.profile import round_robin
 import common
 from common import lite0_graph, parser, session, tapped_model, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0

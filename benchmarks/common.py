@@ -10,7 +10,7 @@ import onnx
 from edgeood.graph.head import find_head
 from edgeood.graph.model import prepare, to_model
 from edgeood.graph.taps import tapped
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 THREADS = 1

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import edgeood
-from edgeood.runtime.monitor import StreamMonitor
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.stats.monitor import StreamMonitor
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 from edgeood.zoo import digits
 
 METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm"]

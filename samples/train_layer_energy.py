@@ -30,7 +30,7 @@ import torch
 from onnx import numpy_helper
 
 import edgeood
-from edgeood.evaluate import evaluate
+from edgeood.tools.evaluate import evaluate
 from edgeood.train import LayerEnergyRegularizer
 from edgeood.zoo import digits
 
@@ -64,7 +64,7 @@ def shipped_module() -> torch.nn.Module:
 
 
 def check_against_onnx(net, x: np.ndarray) -> float:
-    from edgeood.runtime.ort_backend import OrtBackend
+    from edgeood.runtime.onnxruntime.backend import OrtBackend
     want = OrtBackend(digits.shipped_model()).run(x)["logits"]
     with torch.no_grad():
         got = net(torch.from_numpy(x)).numpy()

@@ -54,7 +54,7 @@ def lite0_detector(lite0_model, lite0_photos, tmp_path_factory):
 def fitted_methods(model_path, metadata, detector_path=None):
     """The detector's methods rebuilt from metadata (and, for statistics kept in the graph, the
     detector's constants), bound to the source model's head."""
-    from edgeood.metadata import read_constants
+    from edgeood.artifact.metadata import read_constants
     graph = prepare(onnx.load(str(model_path)))
     head = find_head(graph)
     info = ModelInfo(head=head, candidates=[])

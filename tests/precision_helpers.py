@@ -42,7 +42,7 @@ def detector(precision: str):
 @functools.cache
 def comparison():
     """evaluate_many over the three detectors (scores kept), ID test vs near / far OOD."""
-    from edgeood.evaluate import evaluate_many
+    from edgeood.tools.evaluate import evaluate_many
     data, _ = digits()
     return evaluate_many([detector(p)[0] for p in PRECISIONS], data.test[0],
                          {"near": data.near, "far": data.far}, keep_scores=True)

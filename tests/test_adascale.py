@@ -12,7 +12,7 @@ import edgeood
 from edgeood.graph.model import to_model
 from edgeood.methods import ModelInfo, create
 from edgeood.methods.adascale import least_mask, least_mask_reference
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 
 
 def _q_reference(path, name):
@@ -117,7 +117,7 @@ def test_tensorrt_copy_scores_the_same(lite0_adascale, lite0_photos):
     """The TensorRT copy (least-|g| set as TopK rounds of 3839 + 3687) selects the same set as
     the detector's one TopK of 7526, so every output is identical under ONNX Runtime."""
     import onnxruntime as ort
-    from edgeood.graph.trt_rewrite import tensorrt_model
+    from edgeood.tensorrt.rewrite import tensorrt_model
     det = edgeood.load(lite0_adascale.path)
     x = det.preprocess.normalize(lite0_photos[30:34])
     model = onnx.load(str(lite0_adascale.path))
@@ -131,8 +131,8 @@ def test_adascale_graph_within_tensorrt_limits(lite0_adascale):
     """The detector selects the least-|g| set with one unsorted TopK of n = 7526 (ONNX
     Runtime); the copy every TensorRT path parses has it as sorted rounds of <= 3839 and is
     within the parser's limits."""
-    from edgeood.graph.trt_check import check_model
-    from edgeood.graph.trt_rewrite import tensorrt_model
+    from edgeood.tensorrt.check import check_model
+    from edgeood.tensorrt.rewrite import tensorrt_model
     model = onnx.load(str(lite0_adascale.path))
 
     def topk_ks(m):
@@ -155,7 +155,7 @@ def test_adascale_graph_within_tensorrt_limits(lite0_adascale):
 def test_tune_against_user_ood_set(digits_model, digits_data, tmp_path):
     """With OOD validation images, p_max maximises AUROC against them (checked by recomputing
     the AUROC of every grid value with the reference on the folded detectors)."""
-    from edgeood.metrics import auroc
+    from edgeood.stats.metrics import auroc
     res = edgeood.export(digits_model, data=digits_data.val[0], methods=["adascale_a"],
                          recipe="digits_cnn", params={"adascale_a": {"tune": True}},
                          tune_ood=digits_data.far[:150], out=tmp_path / "t.onnx")

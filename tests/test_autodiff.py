@@ -12,7 +12,7 @@ from onnx.reference import ReferenceEvaluator
 from edgeood.errors import EdgeoodError
 from edgeood.graph.autodiff import input_gradient
 from edgeood.graph.model import prepare, to_model
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 
 RNG = np.random.default_rng(0)
 
@@ -258,7 +258,7 @@ def test_lite0_against_autograd_and_dynamic_batch(lite0_model, lite0_photos):
     and torch float64 until 2 clean ones are found (typically 1 in 4 is clean); the gradient
     of those is held to 1e-4 against torch.autograd in float64."""
     from edgeood.data import Preprocess
-    from edgeood.recipes import load_recipe
+    from edgeood.pipeline.recipes import load_recipe
     from edgeood.zoo import efficientnet_lite0 as lite0
     rec = load_recipe("efficientnet_lite0")
     pre = Preprocess(size=tuple(rec.input["size"]), mean=rec.input["mean"], std=rec.input["std"])

@@ -6,8 +6,8 @@ import onnx
 import pytest
 
 import edgeood
-from edgeood.calibrate import conformal_pvalue
-from edgeood.metrics import false_alarm_rate, flagged
+from edgeood.pipeline.calibrate import conformal_pvalue
+from edgeood.stats.metrics import false_alarm_rate, flagged
 from tests.conftest import false_alarm_interval
 
 
@@ -38,7 +38,7 @@ def test_a_nan_score_is_ood_with_pvalue_0(digits_detector, digits_data):
     upstream stage hands the graph) is flagged OOD with p-value 0 by the graph itself, run on
     the ONNX Runtime backend (the Detector's preprocessing refuses NaN input): score < threshold
     would be False for NaN and pass it as in-distribution."""
-    from edgeood.runtime.ort_backend import OrtBackend
+    from edgeood.runtime.onnxruntime.backend import OrtBackend
     det = edgeood.load(digits_detector.path)
     x = det.preprocess.normalize(digits_data.test[0][:4]).astype(np.float32)
     x[1] = np.nan
@@ -77,7 +77,7 @@ def test_pvalues_match_numpy_and_are_uniform_on_id(digits_detector, digits_data)
 
 
 def test_reference_subsample_is_capped_and_seeded():
-    from edgeood.calibrate import reference_scores
+    from edgeood.pipeline.calibrate import reference_scores
     s = np.random.default_rng(0).standard_normal(12000)
     a, b = reference_scores(s, seed=3), reference_scores(s, seed=3)
     assert len(a) == 5000 and np.all(np.diff(a) >= 0)
@@ -99,7 +99,7 @@ def test_normratio_against_independent_jigsaw(digits_model, digits_data):
     export with the block forced, jigsaw written out here with the same seeded permutations."""
     from edgeood.zoo import digits
     import tempfile, pathlib
-    from edgeood.runtime.ort_backend import OrtBackend
+    from edgeood.runtime.onnxruntime.backend import OrtBackend
     from edgeood.graph.model import prepare, to_model
     from edgeood.graph.taps import tapped
     x = digits.PREPROCESS.normalize(digits_data.val[0][:64])

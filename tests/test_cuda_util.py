@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgeood.errors import EdgeoodError
-from edgeood.runtime import cuda_util
+from edgeood.runtime.tensorrt import cuda as cuda_util
 
 STUB = Path(__file__).resolve().parent.parent / "typings" / "cuda" / "bindings" / "runtime.pyi"
 runtime = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")

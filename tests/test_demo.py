@@ -54,7 +54,7 @@ def test_damaged_model_is_one_line_error(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def digits_demo(tmp_path_factory):
     """The digits part of `edgeood demo`, run once, with what it echoed and what it showed."""
-    from edgeood.cli import print_report
+    from edgeood.cli.app import print_report
     out = tmp_path_factory.mktemp("demo")
     lines, shown = [], []
     result = demo.run_demo(out, lite0=False, progress=False, echo=lines.append,

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import edgeood
-from edgeood.metadata import sidecar_path
+from edgeood.artifact.metadata import sidecar_path
 
 
 def test_reload_gives_identical_outputs(digits_detector, digits_data, tmp_path):

@@ -15,13 +15,13 @@ import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeood.engine import (TrtFeatures, build_key, default_engine_path,
+from edgeood.tensorrt.builder import (TrtFeatures, build_key, default_engine_path,
                             detector_sha256, engine_metadata, existing_key, format_parser_error,
                             head_of, network_flags, parse_device, timing_cache_path,
                             trtexec_command, validate_build, version_tag, write_engine)
 from edgeood.errors import EdgeoodError
-from edgeood.metadata import SCHEMA_VERSION, save_detector
-from edgeood.runtime.tensorrt_backend import TensorSpec
+from edgeood.artifact.metadata import SCHEMA_VERSION, save_detector
+from edgeood.runtime.tensorrt.backend import TensorSpec
 
 TRT10 = TrtFeatures.assumed("10.3.0")
 TRT11 = TrtFeatures.assumed("11.0")
@@ -160,7 +160,7 @@ def test_file_arguments(tmp_path, det):
 
 
 def test_needs_tensorrt_for_a_real_build(det):
-    from edgeood.runtime.tensorrt_backend import tensorrt_or_none
+    from edgeood.runtime.tensorrt.backend import tensorrt_or_none
     if tensorrt_or_none() is not None:
         pytest.skip("TensorRT is installed here")
     assert "--print-trtexec --trt-version" in err(validate_build, det)
@@ -218,7 +218,7 @@ def test_cli_print_trtexec(det):
     proc = subprocess.run([sys.executable, "-m", "edgeood.cli", "build", str(det),
                            "--print-trtexec", "--trt-version", "10.3", "--batch", "4",
                            "--dynamic", "--json"], capture_output=True, text=True, timeout=60)
-    from edgeood.runtime.tensorrt_backend import tensorrt_or_none
+    from edgeood.runtime.tensorrt.backend import tensorrt_or_none
     if tensorrt_or_none() is not None:
         assert proc.returncode == 2  # --trt-version names another machine's TensorRT
         return
@@ -319,7 +319,7 @@ def test_inspect_an_engine(tmp_path, det):
 
 
 def test_recalibrating_an_engine_needs_its_unchanged_source(tmp_path, det):
-    from edgeood.engine_calibrate import source_of
+    from edgeood.pipeline.engine_calibrate import source_of
     engine = _fake_engine(det, tmp_path)
     section = json.loads(Path(str(engine) + ".json").read_text())["engine"]
     assert source_of(engine, section) == det.resolve()
@@ -342,14 +342,14 @@ def test_build_input_uint8_writes_a_camera_frame_entry(digits_model, digits_data
                            "--input", "uint8", "--print-trtexec", "--trt-version", "10.3",
                            "--batch", "4", "--dynamic", "--json"],
                           capture_output=True, text=True, timeout=120)
-    from edgeood.runtime.tensorrt_backend import tensorrt_or_none
+    from edgeood.runtime.tensorrt.backend import tensorrt_or_none
     entry = tmp_path / "d.uint8.onnx"
     assert entry.is_file() and Path(str(entry) + ".json").is_file(), proc.stderr
     if tensorrt_or_none() is None:
         assert proc.returncode == 0, proc.stderr
         trt_copy = tmp_path / "d.uint8.trt.onnx"  # log-sum-exp max-shifted for the parser
         assert f"--onnx={trt_copy}" in json.loads(proc.stdout)["trtexec"]
-        from edgeood.graph.trt_rewrite import needs_rewrite
+        from edgeood.tensorrt.rewrite import needs_rewrite
         assert needs_rewrite(onnx.load(str(entry))) and not needs_rewrite(onnx.load(str(trt_copy)))
     sess = ort.InferenceSession(str(entry), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image"]

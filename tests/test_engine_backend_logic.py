@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import edgeood
-from edgeood.engine import build_key, detector_sha256, engine_metadata, write_engine
-from edgeood.runtime import tensorrt_backend as tb
-from edgeood.runtime.cuda_util import GpuInfo
+from edgeood.tensorrt.builder import build_key, detector_sha256, engine_metadata, write_engine
+from edgeood.runtime.tensorrt import backend as tb
+from edgeood.runtime.tensorrt.cuda import GpuInfo
 from tests.test_engine import TRT10, tiny_detector
 
 MEMORY: dict[int, np.ndarray] = {}
@@ -184,7 +184,7 @@ def engine(tmp_path, monkeypatch):
     monkeypatch.setattr(tb, "PinnedBuffer", FakePinned)
     monkeypatch.setattr(tb, "Stream", _stream)
     det = tiny_detector(tmp_path / "tiny.onnx")
-    from edgeood.engine import validate_build
+    from edgeood.tensorrt.builder import validate_build
     req = validate_build(det, half=True, batch=4, dynamic=True, features=TRT10,
                          out=tmp_path / "d.engine")
     key = build_key(req.options, detector_sha256(det), "10.3.0",

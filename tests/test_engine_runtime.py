@@ -12,8 +12,8 @@ import pytest
 
 import edgeood
 from edgeood.errors import EdgeoodError
-from edgeood.runtime.cuda_util import GpuInfo
-from edgeood.runtime.tensorrt_backend import (TensorSpec, check_engine_target, check_io,
+from edgeood.runtime.tensorrt.cuda import GpuInfo
+from edgeood.runtime.tensorrt.backend import (TensorSpec, check_engine_target, check_io,
                                               check_plan, engine_section, engine_target,
                                               require_tensorrt, tensorrt_or_none)
 from tests.test_engine import tiny_detector
@@ -66,7 +66,7 @@ def test_stubs_alone_are_not_tensorrt():
     """tensorrt-stubs (the test extra's type checking) leaves an empty namespace package named
     tensorrt: import succeeds, but it is not TensorRT."""
     code = ("import importlib.util, sys;"
-            "from edgeood.runtime.tensorrt_backend import tensorrt_or_none;"
+            "from edgeood.runtime.tensorrt.backend import tensorrt_or_none;"
             "spec = importlib.util.find_spec('tensorrt');"
             "print(spec is not None, tensorrt_or_none() is not None)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

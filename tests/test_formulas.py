@@ -12,7 +12,7 @@ from edgeood.graph.model import to_model
 from edgeood.methods import ModelInfo, create
 from edgeood.methods.featurenorm import feature_norm
 from edgeood.methods.numeric import k_from_percentile
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 
 
 def _head_graph(w, b, block_shape=None):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import edgeood
-from edgeood.runtime import providers as P
-from edgeood.runtime.ort_backend import OrtBackend
-from edgeood.runtime.tensorrt_backend import tensorrt_or_none
+from edgeood.runtime.onnxruntime import providers as P
+from edgeood.runtime.onnxruntime.backend import OrtBackend
+from edgeood.runtime.tensorrt.backend import tensorrt_or_none
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not P.provider_usable(P.CUDA),

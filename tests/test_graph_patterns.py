@@ -517,7 +517,7 @@ def test_batch_size_view_becomes_a_constant_reshape(tmp_path):
     rewritten to Reshape(x, [0, -1]) by prepare, computing the same logits."""
     import torch
     from edgeood.graph.model import prepare, to_model
-    from edgeood.runtime.ort_backend import OrtBackend
+    from edgeood.runtime.onnxruntime.backend import OrtBackend
 
     class Net(torch.nn.Module):
         def __init__(self):

@@ -13,9 +13,9 @@ import pytest
 import edgeood
 from edgeood.data import ImageSource
 from edgeood.errors import EdgeoodError
-from edgeood.metadata import read_constants
+from edgeood.artifact.metadata import read_constants
 from edgeood.methods.grood import Grood, kmeans, ood_gradient, reduce_bank
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 from edgeood.zoo import digits
 from tests.conftest import fitted_methods, tap_dict
 
@@ -28,7 +28,7 @@ def labelled(data) -> ImageSource:
 
 def fitting_part(data, seed: int = 0):
     """The val images grood fits on (the other half sets its threshold: split calibration)."""
-    from edgeood.api import holdout_split
+    from edgeood.pipeline.export import holdout_split
     fit, _ = holdout_split(len(data.val[0]), Grood.calibration_holdout, seed)
     return data.val[0][fit], data.val[1][fit]
 
@@ -181,8 +181,8 @@ def test_jigsaw_prototype_fits(digits_model, digits_data, tmp_path):
 
 
 def test_detector_within_tensorrt_limits_and_separates(grood_full, digits_data):
-    from edgeood.graph.trt_check import check_model
-    from edgeood.metrics import auroc
+    from edgeood.tensorrt.check import check_model
+    from edgeood.stats.metrics import auroc
     assert check_model(onnx.load(str(grood_full.path))) == []
     b = OrtBackend(grood_full.path)
     s_id = b.run(digits.PREPROCESS.normalize(digits_data.test[0]))["score_grood"]
@@ -194,7 +194,7 @@ def test_split_calibration_keeps_the_false_alarm_rate(digits_model, digits_data,
     """grood's threshold comes from the half of the ID images it did not fit on, so its ID
     test false-alarm rate stays within the beta-binomial 99.9% interval for that many
     calibration images (with the bank's own images it measured 35% at a 5% target)."""
-    from edgeood.metrics import false_alarm_rate
+    from edgeood.stats.metrics import false_alarm_rate
     from tests.conftest import false_alarm_interval
     res = edgeood.export(digits_model, data=labelled(digits_data), methods=["grood"],
                          recipe="digits_cnn", out=tmp_path / "s.onnx")

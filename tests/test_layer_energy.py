@@ -12,10 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgeood
 from edgeood.errors import EdgeoodError
-from edgeood.graph.trt_check import check_model
+from edgeood.tensorrt.check import check_model
 from edgeood.methods import method_class
-from edgeood.metrics import auroc
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.stats.metrics import auroc
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 from tests.conftest import fitted_methods, tap_dict
 
 BLOCK1 = "/features/features.1/relu/Relu_output_0"

@@ -1,11 +1,11 @@
-"""edgeood.metrics against scikit-learn's implementations."""
+"""edgeood.stats.metrics against scikit-learn's implementations."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from edgeood import metrics
+from edgeood.stats import metrics
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import edgeood
-from edgeood.conventions import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
+from edgeood.artifact.names import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
 
 
 def test_triton_config_declares_the_monitor_state(digits_model, digits_data, tmp_path):

@@ -13,11 +13,11 @@ from scipy.stats import binom
 from typer.testing import CliRunner
 
 import edgeood
-from edgeood.cli import app
-from edgeood.conventions import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
-from edgeood.graph.trt_check import check_model
-from edgeood.runtime.monitor import StreamMonitor
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.cli.app import app
+from edgeood.artifact.names import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
+from edgeood.tensorrt.check import check_model
+from edgeood.stats.monitor import StreamMonitor
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 
 METHODS = ["energy", "msp"]
 

@@ -13,8 +13,8 @@ from scipy.stats import binom
 
 import edgeood
 from edgeood.errors import EdgeoodError
-from edgeood.runtime import monitor as mon_mod
-from edgeood.runtime.monitor import (StreamMonitor, bet_quantile, largest_bet, power_mixture,
+from edgeood.stats import monitor as mon_mod
+from edgeood.stats.monitor import (StreamMonitor, bet_quantile, largest_bet, power_mixture,
                                      reference_bets)
 
 

@@ -11,7 +11,7 @@ import edgeood
 from edgeood.graph.head import find_head
 from edgeood.graph.model import prepare, to_model
 from edgeood.graph.taps import tapped
-from edgeood.runtime.node_count import added_nodes
+from edgeood.runtime.onnxruntime.node_count import added_nodes
 from tests.conftest import ALL_METHODS
 
 # one method: its own nodes + LessOrEqual, Cast, ReduceMean (p-value) + GreaterOrEqual, Not

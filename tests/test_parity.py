@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 from tests.conftest import ALL_METHODS, fitted_methods, tap_dict
 
 

@@ -12,7 +12,7 @@ from edgeood.errors import EdgeoodError
 from edgeood.graph.head import find_head
 from edgeood.graph.model import prepare, to_model
 from edgeood.graph.precision import backbone_nodes, float32_copy, to_half
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 from tests.conftest import false_alarm_interval, fitted_methods, tap_dict
 from tests.precision_helpers import ALL, PRECISIONS, comparison, detector, digits
 
@@ -176,7 +176,7 @@ def test_weiper_int8_storage(tmp_path):
              and i.data_type == onnx.TensorProto.INT8)
     assert list(p.dims) == [600, 128]
     det = edgeood.load(res.path)
-    from edgeood.metrics import auroc
+    from edgeood.stats.metrics import auroc
     a8 = auroc(det(data.test[0]).scores["weiper_msp"], det(data.near).scores["weiper_msp"])
     row = next(r for r in comparison()["comparison"]
                if r["method"] == "weiper_msp" and r["ood"] == "near")
@@ -186,8 +186,8 @@ def test_weiper_int8_storage(tmp_path):
 def test_cli_export_half_and_int8(tmp_path):
     from typer.testing import CliRunner
 
-    from edgeood.cli import app
-    from edgeood.metadata import read_metadata
+    from edgeood.cli.app import app
+    from edgeood.artifact.metadata import read_metadata
     data, model = digits()
     npz = tmp_path / "val.npz"
     np.savez(npz, images=data.val[0])
@@ -214,8 +214,8 @@ def test_lite0_three_precisions(lite0_model, tmp_path):
     """EfficientNet-Lite0 at float32 / float16 / int8 (energy, featurenorm): exported,
     within trt10 / trt11, AUROC drift against float32 within the targets (ID photo crops vs
     texture crops)."""
-    from edgeood.evaluate import evaluate_many
-    from edgeood.graph.trt_check import check_target
+    from edgeood.tools.evaluate import evaluate_many
+    from edgeood.tensorrt.check import check_target
     from edgeood.zoo import efficientnet_lite0 as lite0
     calib, test = lite0.photos(96, seed=0), lite0.photos(48, seed=1)
     paths = []

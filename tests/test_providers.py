@@ -14,9 +14,9 @@ import pytest
 
 import edgeood
 from edgeood.errors import EdgeoodError
-from edgeood.runtime import providers as P
+from edgeood.runtime.onnxruntime import providers as P
 from edgeood.runtime.backend import Backend, describe_target, target_mismatch
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 from tests.test_engine import tiny_detector
 
 CPU_ONLY = not P.provider_usable(P.CUDA)
@@ -37,7 +37,7 @@ def test_probe_of_a_listed_but_broken_provider_is_quiet():
     usable' and prints nothing (no 'EP Error ... Falling back' block)."""
     code = (
         "import onnxruntime as ort\n"
-        "from edgeood.runtime import providers as P\n"
+        "from edgeood.runtime.onnxruntime import providers as P\n"
         "real = ort.get_available_providers()\n"
         "ort.get_available_providers = lambda: ['TensorrtExecutionProvider', 'CUDAExecutionProvider'] + real\n"
         "ok = P.provider_usable('TensorrtExecutionProvider') or P.provider_usable('CUDAExecutionProvider')\n"
@@ -154,14 +154,14 @@ def test_cli_run_says_which_provider_runs(det, tmp_path):
 
 
 def test_cuda_graph_needs_fixed_shapes():
-    from edgeood.runtime.ort_graph import bound_shape
+    from edgeood.runtime.onnxruntime.graph import bound_shape
     assert bound_shape("input", ["batch", 3, 224, 224], 8) == [8, 3, 224, 224]
     with pytest.raises(EdgeoodError, match="fixed shapes"):
         bound_shape("input", ["batch", 3, "h", "w"], 8)
 
 
 def test_profile_breaks_down_pre_net_post(det):
-    from edgeood.profile import profile
+    from edgeood.tools.profile import profile
     res = profile(det, batch=2, warmup=1, iterations=3, frame_size=(48, 64))
     st = res["stages"]
     assert set(st) >= {"pre", "net", "post", "total", "throughput_ips", "frames"}

@@ -1,4 +1,4 @@
-"""Plots (edgeood eval --plot, edgeood.report): the PNGs are read back and must hold drawn
+"""Plots (edgeood eval --plot, edgeood.tools.report): the PNGs are read back and must hold drawn
 content of a sensible size; eval with several detectors prints them side by side."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgeood.cli import app
+from edgeood.cli.app import app
 from tests.precision_helpers import PRECISIONS, comparison, digits
 
 pytest.importorskip("matplotlib")
@@ -24,7 +24,7 @@ def _drawn(img: np.ndarray) -> float:
 
 
 def test_write_plots_per_detector_and_overlay(tmp_path):
-    from edgeood.report import write_plots
+    from edgeood.tools.report import write_plots
     written = write_plots(comparison(), tmp_path,
                           methods=["energy", "featurenorm", "adascale_a", "weiper_kld"])
     names = {p.name for p in written}
@@ -39,8 +39,8 @@ def test_write_plots_per_detector_and_overlay(tmp_path):
 
 
 def test_roc_points_match_auroc():
-    from edgeood.metrics import auroc
-    from edgeood.report import roc_points
+    from edgeood.stats.metrics import auroc
+    from edgeood.tools.report import roc_points
     rng = np.random.default_rng(0)
     a, b = rng.normal(1, 1, 300), rng.normal(0, 1, 200)
     fpr, tpr = roc_points(a, b)

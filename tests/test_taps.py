@@ -24,7 +24,7 @@ def test_digits_candidates_are_stage_outputs(digits_model):
 
 
 def test_lite0_auto_candidates_include_recipe_stage_outputs(lite0_model):
-    from edgeood.recipes import load_recipe
+    from edgeood.pipeline.recipes import load_recipe
     g = prepare(onnx.load(str(lite0_model)))
     cands = set(find_block_candidates(g, find_head(g)))
     recipe = load_recipe("efficientnet_lite0")

@@ -18,7 +18,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 import edgeood
-from edgeood.graph.trt_rewrite import needs_rewrite, tensorrt_model, tensorrt_ready
+from edgeood.tensorrt.rewrite import needs_rewrite, tensorrt_model, tensorrt_ready
 
 
 class ReduceLogSumExp(OpRun):  # named as the op it replaces in the evaluator
@@ -100,7 +100,7 @@ def test_detector_copy_for_tensorrt(digits_detector, digits_data):
 def test_tensorrt_provider_gets_the_shifted_copy(digits_detector):
     """What OrtBackend hands ONNX Runtime when the TensorRT EP is in the provider list (the EP
     itself needs a GPU: tests/test_gpu.py)."""
-    from edgeood.runtime.ort_backend import _tensorrt_source
+    from edgeood.runtime.onnxruntime.backend import _tensorrt_source
     src = _tensorrt_source(str(digits_detector.path))
     assert isinstance(src, bytes) and not needs_rewrite(onnx.load_from_string(src))
     assert _tensorrt_source(src) == src
@@ -122,7 +122,7 @@ def _topk_model(k: int, largest: int, sorted_: int, n: int) -> onnx.ModelProto:
 def test_topk_split_is_the_sorted_topk(k, largest, sorted_):
     """The copy's values and indices are exactly the first k of NumPy's stable argsort (value,
     then lower index), its TopKs are sorted with K <= 3839, and TensorRT's check passes."""
-    from edgeood.graph.trt_check import check_model
+    from edgeood.tensorrt.check import check_model
     model = _topk_model(k, largest, sorted_, 12000)
     fixed = tensorrt_model(model)
     assert needs_rewrite(model) == (k > 3839 or not sorted_) and not needs_rewrite(fixed)

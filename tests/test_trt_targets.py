@@ -1,5 +1,5 @@
 """edgeood check --target: every exported detector (every method, every precision), as every
-TensorRT path hands it over (edgeood.graph.trt_rewrite: log-sum-exp shifted, TopK sorted and
+TensorRT path hands it over (edgeood.tensorrt.rewrite: log-sum-exp shifted, TopK sorted and
 within its K limit), is within TensorRT 10's and 11's parser limits; the target rules catch
 what they should."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from edgeood.cli import app
-from edgeood.graph.trt_check import TARGETS, check_model, check_target
-from edgeood.graph.trt_rewrite import tensorrt_model
+from edgeood.cli.app import app
+from edgeood.tensorrt.check import TARGETS, check_model, check_target
+from edgeood.tensorrt.rewrite import tensorrt_model
 from tests.precision_helpers import PRECISIONS, detector
 
 

@@ -95,8 +95,8 @@ def test_metadata_io_and_single_entry_copies(digits_pair, digits_data, tmp_path)
                                                                    {inp.name: feed})
         np.testing.assert_allclose(out[0], full.scores["energy"], rtol=1e-6)
         np.testing.assert_array_equal(out[1], full.is_ood)
-    from edgeood.graph.trt_check import check_model
-    from edgeood.graph.trt_rewrite import tensorrt_model
+    from edgeood.tensorrt.check import check_model
+    from edgeood.tensorrt.rewrite import tensorrt_model
     assert check_model(tensorrt_model(model)) == []  # as TensorRT paths hand it over
     # a saved single-entry detector (what a one-input engine is built from) runs as it is
     from edgeood.graph.preprocess import save_entry_point

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 import edgeood
-from edgeood import metadata
+from edgeood.artifact import metadata
 from edgeood.methods.weiper import (
     bin_estimator,
     graph_bin_counts,
@@ -17,8 +17,8 @@ from edgeood.methods.weiper import (
     smooth,
     sym_kl,
 )
-from edgeood.metrics import auroc
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.stats.metrics import auroc
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 from tests.conftest import fitted_methods
 
 METHODS = ["weiper_msp", "weiper_kld"]
@@ -234,7 +234,7 @@ def test_scatter_histograms_on_digits(digits_weiper, digits_model, digits_data, 
     ScatterElements) gives the compare-and-count detector's scores exactly; edgeood check:
     trt10 builds the reducing scatter (plugin note), trt8.6 reports it."""
     from edgeood.errors import EdgeoodError
-    from edgeood.graph.trt_check import check_target
+    from edgeood.tensorrt.check import check_target
     from edgeood.zoo import digits
     x = digits.PREPROCESS.normalize(np.concatenate([digits_data.test[0][:200],
                                                     digits_data.far[:50]]))

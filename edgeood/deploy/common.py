@@ -13,11 +13,11 @@ from typing import Any
 
 import onnx
 
-from edgeood.conventions import (IMAGE_INPUT, IS_OOD, LOGITS, MONITOR_STATE, MONITOR_STATE_OUT,
+from edgeood.artifact.names import (IMAGE_INPUT, IS_OOD, LOGITS, MONITOR_STATE, MONITOR_STATE_OUT,
                                  PVALUE_PREFIX, SCORE_PREFIX, STREAM_ALARM)
 from edgeood.errors import EdgeoodError
 from edgeood.graph.signature import io_of_model
-from edgeood.metadata import read_metadata, sidecar_path
+from edgeood.artifact.metadata import read_metadata, sidecar_path
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -211,7 +211,7 @@ def entry_tensors(det: Detector, entry: str) -> list[Tensor]:
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """An ONNX file; over 2 GB its weights go to '<name>.data' beside it."""
-    from edgeood.metadata import MAX_PROTO_BYTES, save_external, too_big
+    from edgeood.artifact.metadata import MAX_PROTO_BYTES, save_external, too_big
     if too_big(model, MAX_PROTO_BYTES):
         save_external(model, path)
     else:

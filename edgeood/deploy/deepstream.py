@@ -35,13 +35,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from edgeood.conventions import IMAGE_INPUT, MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
+from edgeood.artifact.names import IMAGE_INPUT, MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
 from edgeood.data import Preprocess
 from edgeood.deploy.common import (Tensor, copy_file, open_detector, save_model,
                                    single_entry_model, write_text)
 from edgeood.errors import EdgeoodError
 from edgeood.graph.ops import scope
-from edgeood.graph.trt_rewrite import tensorrt_model
+from edgeood.tensorrt.rewrite import tensorrt_model
 from edgeood.version import __version__
 
 COLOR_FORMAT = {"RGB": 0, "BGR": 1, "GRAY": 2}

@@ -27,7 +27,7 @@ from edgeood.deploy.common import (Detector, Tensor, choose_entry, copy_file, en
                                    open_detector, replace_dir, save_model, single_entry_model,
                                    write_text)
 from edgeood.errors import EdgeoodError, did_you_mean
-from edgeood.metadata import dumps
+from edgeood.artifact.metadata import dumps
 from edgeood.version import __version__
 
 TRITON_TYPES = {"bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from edgeood.conventions import (IS_OOD, LOGITS, PVALUE_PREFIX, SCORE_PREFIX, TAP_PREFIX,
+from edgeood.artifact.names import (IS_OOD, LOGITS, PVALUE_PREFIX, SCORE_PREFIX, TAP_PREFIX,
                                  method_of, pvalue_name, score_name, tap_name)
 from edgeood.errors import EdgeoodError
 from edgeood.graph.head import ClassifierHead

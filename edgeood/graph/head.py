@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 
 from edgeood.errors import EdgeoodError
 from edgeood.graph.lookup import missing_tensor_error
-from edgeood.graph.ops import constant  # also registers graph.gemm / matmul / add / mul / sub
+from edgeood.graph.ops import constant  # noqa: F401  (also registers graph.gemm / matmul / add / mul / sub)
 
 _SHAPE_OPS = ("Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
 _PASS_THROUGH = _SHAPE_OPS + ("Softmax", "LogSoftmax")

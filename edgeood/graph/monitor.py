@@ -7,7 +7,7 @@ batching): one stream per batch slot.
     output stream_alarm       [batch]    bool      R_t >= A
 
 The bet g(p) = mean over the monitor's methods of f(p_m) / bet_scale is the host monitor's
-(edgeood/runtime/monitor.py). The graph's p-values lie on the grid (k + 1) / (n + 1), so
+(edgeood/stats/monitor.py). The graph's p-values lie on the grid (k + 1) / (n + 1), so
 f / bet_scale is stored as a table of n + 1 float32 values per method (computed in float64 with
 the stable series near p = 1, no Log in the graph) and looked up with
 k = floor(p (n + 1) - 1/2) (p (n + 1) is within 3e-4 of an integer for n <= 5000) and a Gather.
@@ -19,11 +19,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from edgeood.conventions import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM, pvalue_name
+from edgeood.artifact.names import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM, pvalue_name
 from edgeood.errors import EdgeoodError
 from edgeood.graph.model import batch_dim
 from edgeood.graph.ops import constant, scope
-from edgeood.runtime.monitor import reference_bets
+from edgeood.stats.monitor import reference_bets
 
 F32 = np.float32
 SCOPE = "monitor"

@@ -137,7 +137,7 @@ def reduce(self, op: str, x, axes: Sequence[int], keepdims: bool = False):
 def topk(self, x, k: int, axis: int = -1, largest: bool = True, sorted: bool = True):
     """(values, indices) of the k largest (or smallest) entries along axis, sorted unless
     sorted=False (any order: ONNX Runtime's CPU TopK then skips its sort; TensorRT paths set
-    sorted=1, edgeood.graph.trt_rewrite)."""
+    sorted=1, edgeood.tensorrt.rewrite)."""
     return _layer(self, "TopK", [x, np.asarray([k], dtype=np.int64)],
                   {"axis": axis, "largest": int(largest), "sorted": int(sorted)}, n_out=2,
                   dtypes=[F32, np.int64])
@@ -159,7 +159,7 @@ def unsqueeze(self, x, axes: Sequence[int]):
 def logsumexp(self, x, axis: int = 1, keepdims: bool = False):
     """log sum exp over one axis as one ReduceLogSumExp node. ONNX Runtime computes it
     max-shifted on the CPU and CUDA; TensorRT's parser does not (log(sum(exp(x)))), so every
-    TensorRT path rewrites it first (edgeood.graph.trt_rewrite)."""
+    TensorRT path rewrites it first (edgeood.tensorrt.rewrite)."""
     return self.reduce("ReduceLogSumExp", x, [axis], keepdims=keepdims)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from edgeood.conventions import IMAGE_INPUT
+from edgeood.artifact.names import IMAGE_INPUT
 from edgeood.data import Preprocess
 from edgeood.errors import EdgeoodError
 from edgeood.graph.model import batch_dim
@@ -137,7 +137,7 @@ def save_entry_point(detector, which: str, out):
     from pathlib import Path
 
     from edgeood.graph.model import load_model
-    from edgeood.metadata import KEY, save_detector
+    from edgeood.artifact.metadata import KEY, save_detector
     single = entry_point(load_model(detector), which)
     meta = json.loads({p.key: p.value for p in single.metadata_props}[KEY])
     return save_detector(single, meta, Path(out))
@@ -152,7 +152,7 @@ def build_entry(detector, which: str, out) -> "object":
     from pathlib import Path
 
     from edgeood.graph.model import load_model
-    from edgeood.metadata import KEY, read_metadata, save_detector
+    from edgeood.artifact.metadata import KEY, read_metadata, save_detector
     entry = {"uint8": "image", "image": "image", "float": "float"}.get(which)
     if entry is None:
         raise EdgeoodError(f"--input {which!r} must be uint8 (camera frames) or float")

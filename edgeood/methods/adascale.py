@@ -15,7 +15,7 @@ follow the formulas above in both places (they match the original, consistent re
 least-|g| set is exact with the lower-index tie rule: one unsorted TopK of n (selection=topk,
 topk_limit=0, the default; on ONNX Runtime CPU 1.6 ms on a 224 px input against 5.8 ms for
 two rounds of 3839; TensorRT paths split a K >= 3840 into exact rounds,
-edgeood.graph.trt_rewrite); with
+edgeood.tensorrt.rewrite); with
 topk_limit=L, successive TopK rounds of at most L, each excluding the elements already chosen
 (a graph TensorRT parses as it is); or a 32-step search for the n-th smallest |g| over the
 float32 bits and a CumSum over its ties (selection=search, ~220 nodes more). In the graph
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from edgeood.conventions import MAX_REFERENCE, TOPK_LIMIT
+from edgeood.artifact.names import MAX_REFERENCE, TOPK_LIMIT
 from edgeood.errors import EdgeoodError
 from edgeood.graph.autodiff import input_gradient
 from edgeood.graph.head import apply_head
@@ -52,7 +52,7 @@ def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,
     limit = 0 or n <= limit: one unsorted TopK of n (on EfficientNet-Lite0's 150528 input
     entries, n = 7526, one thread: 1.6 ms on ONNX Runtime CPU, 2.4 ms sorted, against 5.8 ms
     for two unsorted rounds of 3839, one of which alone takes 3.0 ms; TensorRT paths split a
-    K >= 3840 into rounds, edgeood.graph.trt_rewrite). Two exact forms TensorRT parses as they
+    K >= 3840 into rounds, edgeood.tensorrt.rewrite). Two exact forms TensorRT parses as they
     stand:
     - "topk" with 0 < limit < n: TopK rounds of at most `limit`, each excluding the entries
       already chosen (ScatterElements).

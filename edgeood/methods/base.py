@@ -259,7 +259,7 @@ def parse_params(items: list[str] | None) -> dict[str, dict[str, str]]:
 def from_metadata(name: str, entry: dict[str, Any], model: ModelInfo,
                   constants: dict[str, np.ndarray] | None = None) -> Method:
     """Rebuild a fitted method from its metadata entry and, for the statistics it keeps in the
-    graph, the detector's constants (edgeood.metadata.read_constants): it then scores exactly
+    graph, the detector's constants (edgeood.artifact.metadata.read_constants): it then scores exactly
     like the folded graph."""
     cls = method_class(name)
     m = cls(**{k: v for k, v in entry.items() if k in cls.accepted_params()})

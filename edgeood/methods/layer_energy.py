@@ -28,7 +28,7 @@ from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.graph.ops import constant
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import logsumexp
-from edgeood.metrics import auroc
+from edgeood.stats.metrics import auroc
 
 SIGMA_FLOOR = 1e-12
 HEAD_KEYS = ("z", "logits")  # tap keys accepted as layers besides tensor names

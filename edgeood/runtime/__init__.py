@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeood.errors import EdgeoodError
-from edgeood.metadata import read_metadata, sidecar_path
+from edgeood.artifact.metadata import read_metadata, sidecar_path
 from edgeood.runtime.detector import Detection, Detector  # noqa: F401
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -29,7 +29,7 @@ def load(path, providers: list | None = None, device: str | None = None, tf32: b
 def engine_metadata(path: Path) -> dict:
     """An engine's sidecar, refused in one line when missing or not written by edgeood build
     (checked before TensorRT is needed)."""
-    from edgeood.runtime.tensorrt_backend import engine_section
+    from edgeood.runtime.tensorrt.backend import engine_section
     if not path.is_file():
         raise EdgeoodError(f"{path}: no such file; build an engine with edgeood build "
                            "DETECTOR.onnx")
@@ -53,12 +53,12 @@ def backend_for(path: Path, meta: dict, providers: list | None = None,
         if device not in (None, "gpu") and not str(device).startswith("dla"):
             raise EdgeoodError(f"--device {device} applies to .onnx detectors; {path.name} is a "
                                "TensorRT engine and runs on the device it was built for")
-        from edgeood.runtime.tensorrt_backend import TensorRTBackend
+        from edgeood.runtime.tensorrt.backend import TensorRTBackend
         return TensorRTBackend(path, meta, cuda_graph=cuda_graph)
     if suffix != ".onnx":
         raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
                            f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
-    from edgeood.runtime.ort_backend import OrtBackend
+    from edgeood.runtime.onnxruntime.backend import OrtBackend
     return OrtBackend(path, providers, device=device, tf32=tf32, cuda_graph=cuda_graph,
                       precision=str(meta.get("precision", "float32")),
                       report_fallback=True, graph_batch=batch)

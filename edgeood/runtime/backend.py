@@ -70,8 +70,8 @@ def target_mismatch(metadata: dict[str, Any], target: dict[str, str] | None) -> 
 
 
 if TYPE_CHECKING:  # both backends conform (checked by mypy, no import at run time)
-    from edgeood.runtime.ort_backend import OrtBackend
-    from edgeood.runtime.tensorrt_backend import TensorRTBackend
+    from edgeood.runtime.onnxruntime.backend import OrtBackend
+    from edgeood.runtime.tensorrt.backend import TensorRTBackend
 
     def _ort_is_a_backend(b: OrtBackend) -> Backend:
         return b

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeood.api import export
-from edgeood.evaluate import evaluate
-from edgeood.metadata import dumps
+from edgeood.tools.evaluate import evaluate
+from edgeood.artifact.metadata import dumps
 
 DIGITS_METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm", "adascale_a",
                   "adascale_l", "weiper_msp", "weiper_kld", "grood", "layer_energy"]
@@ -102,12 +102,12 @@ def run_digits(out: Path, progress: bool, echo, retrain: bool = False) -> dict:
 
 
 def write_demo_plots(detector: Path, out: Path, oods: dict, echo, progress: bool) -> list[str]:
-    """Score histograms and ROC curves of the digits detector (edgeood.report) in out/plots;
+    """Score histograms and ROC curves of the digits detector (edgeood.tools.report) in out/plots;
     skipped with a line when matplotlib is missing (the plot extra)."""
     from edgeood.errors import EdgeoodError
-    from edgeood.evaluate import evaluate_many
+    from edgeood.tools.evaluate import evaluate_many
     try:
-        from edgeood.report import _pyplot, write_plots
+        from edgeood.tools.report import _pyplot, write_plots
         _pyplot()
     except EdgeoodError as exc:
         echo(f"plots skipped: {exc}")
@@ -120,7 +120,7 @@ def write_demo_plots(detector: Path, out: Path, oods: dict, echo, progress: bool
 
 
 def run_lite0(out: Path, progress: bool, echo) -> dict:
-    from edgeood.profile import profile
+    from edgeood.tools.profile import profile
     from edgeood.zoo import efficientnet_lite0 as lite0
     t0 = time.perf_counter()
     model = lite0.model_path()

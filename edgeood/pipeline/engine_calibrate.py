@@ -15,7 +15,7 @@ from edgeood.errors import EdgeoodError
 
 def source_of(engine: Path, section: dict) -> Path:
     """The source detector of an engine, checked against the sha256 its sidecar records."""
-    from edgeood.engine import detector_sha256
+    from edgeood.tensorrt.builder import detector_sha256
     src = (section.get("source") or {})
     path = (engine.parent / str(src.get("path", ""))).resolve()
     if not src.get("path") or not path.is_file():
@@ -31,10 +31,10 @@ def source_of(engine: Path, section: dict) -> Path:
 def calibrate_engine(engine, data, tpr: float | None = None, batch: int = 32,
                      seed: int | None = None, progress: bool = False, out=None):
     """Recalibrate an engine's source detector on the engine, then rebuild the engine."""
-    from edgeood.api import ExportResult, calibrate
-    from edgeood.engine import build_engine, validate_build
+    from edgeood.pipeline.export import ExportResult, calibrate
+    from edgeood.tensorrt.builder import build_engine, validate_build
     from edgeood.runtime import engine_metadata
-    from edgeood.runtime.tensorrt_backend import TensorRTBackend, engine_section
+    from edgeood.runtime.tensorrt.backend import TensorRTBackend, engine_section
     engine = Path(engine)
     meta = engine_metadata(engine)
     section = engine_section(engine, meta)

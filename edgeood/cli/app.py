@@ -258,7 +258,7 @@ def eval(  # noqa: A001 - the command is called eval
 ):
     """AUROC, FPR@95TPR, AUPR-in/out per method and OOD set, and the ID false-alarm rate; with
     several detectors side by side (drift against the first) at each one's own threshold."""
-    from edgeood.evaluate import evaluate, evaluate_many
+    from edgeood.tools.evaluate import evaluate, evaluate_many
     oods = {str(p): str(p) for p in ood}
     if device is not None:
         from edgeood.runtime import load
@@ -273,7 +273,7 @@ def eval(  # noqa: A001 - the command is called eval
                            keep_scores=plot is not None)
     written = []
     if plot is not None:
-        from edgeood.report import write_plots
+        from edgeood.tools.report import write_plots
         written = [str(p) for p in write_plots(result, plot)]
     scores = result.pop("scores", None)  # noqa: F841 - arrays are not printed
     if as_json:
@@ -329,7 +329,7 @@ def inspect(
     as_json: bool = JSON,
 ):
     """Show a detector's metadata, outputs and sizes."""
-    from edgeood.inspect import describe, monitor_lines
+    from edgeood.tools.inspect import describe, monitor_lines
     info = describe(detector, fps)
     if as_json:
         return _print_json(info)
@@ -393,8 +393,8 @@ def watch(
     --json lines per frame."""
     import time
     from edgeood.runtime import load
-    from edgeood.runtime.monitor import StreamMonitor, human_duration
-    from edgeood.watch import watch as run_watch
+    from edgeood.stats.monitor import StreamMonitor, human_duration
+    from edgeood.tools.watch import watch as run_watch
     det = load(detector)
     if state is not None and state.is_file():
         try:
@@ -429,7 +429,7 @@ def watch(
     if live:
         sys.stderr.write("\n")
     if state is not None:
-        from edgeood.metadata import dumps
+        from edgeood.artifact.metadata import dumps
         tmp = state.with_name(state.name + ".tmp")
         tmp.write_text(dumps(monitor.to_dict()))
         os.replace(tmp, state)
@@ -462,8 +462,8 @@ def check(
 ):
     """Check a graph against TensorRT's ONNX parser limits (exit 1 when something fails)."""
     from edgeood.graph.model import load_model
-    from edgeood.graph.trt_check import check_model, check_target
-    from edgeood.graph.trt_rewrite import tensorrt_model, topk_note
+    from edgeood.tensorrt.check import check_model, check_target
+    from edgeood.tensorrt.rewrite import tensorrt_model, topk_note
     graph = load_model(model)
     notes = topk_note(graph)
     graph = tensorrt_model(graph)  # what every edgeood path hands TensorRT's parser
@@ -502,7 +502,7 @@ def profile(
 ):
     """Latency percentiles and throughput (ONNX Runtime or a TensorRT engine), with the
     PRE / NET / POST breakdown for detectors."""
-    from edgeood.profile import profile as run_profile
+    from edgeood.tools.profile import profile as run_profile
     pcts = sorted({50.0, 90.0, 99.0, *(percentile or [])})
     res = run_profile(model, batch, warmup, iterations, imgsz, pcts, device=device, tf32=tf32,
                       cuda_graph=cuda_graph, layers=layers)
@@ -566,7 +566,7 @@ def build(
         detector = build_entry(detector, input_, detector.with_name(
             f"{detector.name.removesuffix('.onnx')}.{input_}.onnx"))
         typer.echo(f"wrote the {input_}-entry detector {detector}", err=True)
-    from edgeood.engine import (TrtFeatures, build_engine, installed_features, trtexec_line,
+    from edgeood.tensorrt.builder import (TrtFeatures, build_engine, installed_features, trtexec_line,
                                 validate_build)
     features = installed_features()
     if trt_version is not None:
@@ -581,7 +581,7 @@ def build(
     req = validate_build(detector, half, int8, batch, dynamic, workspace, timing_cache, device,
                          out, tf32, features)
     if print_trtexec:
-        from edgeood.graph.trt_rewrite import write_tensorrt_ready
+        from edgeood.tensorrt.rewrite import write_tensorrt_ready
         source = write_tensorrt_ready(req.detector)
         if source != req.detector:
             typer.echo(f"wrote {source}: the detector with log-sum-exp max-shifted, as "

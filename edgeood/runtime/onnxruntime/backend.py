@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgeood.conventions import IMAGE_INPUT, MONITOR_STATE
+from edgeood.artifact.names import IMAGE_INPUT, MONITOR_STATE
 from edgeood.errors import EdgeoodError
-from edgeood.runtime.providers import (CPU, GPU_PROVIDERS, PROVIDER_DEVICE, TENSORRT,  # noqa: F401
+from edgeood.runtime.onnxruntime.providers import (CPU, GPU_PROVIDERS, PROVIDER_DEVICE, TENSORRT,  # noqa: F401
                                        cpu_fallback, default_providers, describe_fallback,
                                        ensure_cache_folders, provider_specs, runs_on)
 
@@ -62,7 +62,7 @@ class OrtBackend:
             if self.fallback:
                 raise EdgeoodError(f"--cuda-graph needs every node on the GPU: "
                                    f"{describe_fallback(self.fallback, first)}")
-            from edgeood.runtime.ort_graph import CudaGraphRunner
+            from edgeood.runtime.onnxruntime.graph import CudaGraphRunner
             self.graph_runner = CudaGraphRunner(self.session, self.fixed_batch or graph_batch)
         # --input uint8 detectors: uint8 N x H x W x C frames go to `image`, float batches to
         # the float input, and the other entry gets an empty batch (edgeood/graph/preprocess.py)
@@ -126,11 +126,11 @@ def _fixed(dims) -> list[int]:
 
 
 def _tensorrt_source(src: str | bytes) -> str | bytes:
-    """The model with log-sum-exp max-shifted (edgeood.graph.trt_rewrite), as bytes; a path
+    """The model with log-sum-exp max-shifted (edgeood.tensorrt.rewrite), as bytes; a path
     that needs no rewrite, or whose weights live in external data, is passed through (the
     rewrite of such a file is left to `edgeood build`)."""
     import onnx
-    from edgeood.graph.trt_rewrite import needs_rewrite, tensorrt_model
+    from edgeood.tensorrt.rewrite import needs_rewrite, tensorrt_model
     model = onnx.load_from_string(src) if isinstance(src, bytes) else \
         onnx.load(src, load_external_data=False)
     if not needs_rewrite(model):

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edgeood.conventions import MONITOR_STATE
+from edgeood.artifact.names import MONITOR_STATE
 from edgeood.errors import EdgeoodError
-from edgeood.runtime.providers import _NP_TYPES
+from edgeood.runtime.onnxruntime.providers import _NP_TYPES
 
 
 def bound_shape(name: str, dims: list[Any], batch: int) -> list[int]:

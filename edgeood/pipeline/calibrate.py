@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from edgeood.conventions import LOGITS, MAX_REFERENCE, score_name
+from edgeood.artifact.names import LOGITS, MAX_REFERENCE, score_name
 from edgeood.data import ImageSource, Preprocess, jigsaw
 from edgeood.errors import EdgeoodError
 from edgeood.graph.fold import head_taps
@@ -24,12 +24,12 @@ from edgeood.graph.head import ClassifierHead
 from edgeood.graph.model import to_model
 from edgeood.graph.ops import scope
 from edgeood.graph.taps import resolve
-from edgeood.metadata import session_source
+from edgeood.artifact.metadata import session_source
 from edgeood.methods.base import Method
-from edgeood.metrics import auroc
+from edgeood.stats.metrics import auroc
 from edgeood.progress import track, warn
 from edgeood.runtime.batches import run_over
-from edgeood.runtime.ort_backend import OrtBackend
+from edgeood.runtime.onnxruntime.backend import OrtBackend
 
 MIN_IMAGES = 20
 RECOMMENDED_IMAGES = 100

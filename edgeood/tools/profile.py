@@ -92,8 +92,8 @@ def open_backend(path: Path, providers=None, threads: int | None = None,
         meta = engine_metadata(path)
         return backend_for(path, meta, device=device, cuda_graph=cuda_graph), meta
     from edgeood.graph.model import load_model
-    from edgeood.metadata import KEY
-    from edgeood.runtime.ort_backend import OrtBackend
+    from edgeood.artifact.metadata import KEY
+    from edgeood.runtime.onnxruntime.backend import OrtBackend
     model = load_model(path)  # clear error for missing/corrupt files
     props = {p.key: p.value for p in model.metadata_props}
     meta = None

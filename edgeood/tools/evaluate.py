@@ -3,7 +3,7 @@ false-alarm rate at the stored thresholds."""
 from __future__ import annotations
 
 from edgeood.data import open_source
-from edgeood.metrics import false_alarm_rate, summary
+from edgeood.stats.metrics import false_alarm_rate, summary
 from edgeood.runtime import Detector, load
 
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from edgeood.conventions import IS_OOD, LOGITS, pvalue_name
+from edgeood.artifact.names import IS_OOD, LOGITS, pvalue_name
 from edgeood.data import Preprocess, open_source
 from edgeood.errors import EdgeoodError
 

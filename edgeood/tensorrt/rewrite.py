@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeood.conventions import TOPK_LIMIT
-from edgeood.graph.trt_check import elem_types, small_constants
+from edgeood.artifact.names import TOPK_LIMIT
+from edgeood.tensorrt.check import elem_types, small_constants
 
 OP = "ReduceLogSumExp"
 
@@ -171,7 +171,8 @@ def shift_logsumexp(model: onnx.ModelProto) -> int:
         count += 1
         attrs = _attrs(node)
         keep = int(attrs.get("keepdims", 1))
-        x, y, base = node.input[0], node.output[0], (node.name or y) + "/shifted"
+        x, y = node.input[0], node.output[0]
+        base = (node.name or y) + "/shifted"
         axes_in = list(node.input[1:2])  # opset >= 18: axes as an input (may be absent)
         axes_attr = {"axes": attrs["axes"]} if "axes" in attrs else {}
 

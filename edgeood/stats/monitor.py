@@ -75,7 +75,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgeood.conventions import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
+from edgeood.artifact.names import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
 from edgeood.errors import EdgeoodError, did_you_mean
 
 DEFAULT_ARL = 10000.0
@@ -539,7 +539,7 @@ def _metadata_of(detector) -> dict:
         return dict(detector)
     if hasattr(detector, "metadata"):
         return detector.metadata
-    from edgeood.metadata import read_metadata
+    from edgeood.artifact.metadata import read_metadata
     return read_metadata(detector)
 
 

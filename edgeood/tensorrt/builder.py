@@ -33,12 +33,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from edgeood.conventions import LOGITS
+from edgeood.artifact.names import LOGITS
 from edgeood.errors import EdgeoodError, did_you_mean
-from edgeood.metadata import dumps, read_metadata, sidecar_path
+from edgeood.artifact.metadata import dumps, read_metadata, sidecar_path
 from edgeood.runtime import ENGINE_SUFFIXES
-from edgeood.runtime.cuda_util import GpuInfo, gpu_info
-from edgeood.runtime.tensorrt_backend import (TensorSpec, dims, file_sha256, require_tensorrt,
+from edgeood.runtime.tensorrt.cuda import GpuInfo, gpu_info
+from edgeood.runtime.tensorrt.backend import (TensorSpec, dims, file_sha256, require_tensorrt,
                                               tensorrt_or_none)
 from edgeood.version import __version__
 
@@ -453,7 +453,7 @@ def write_engine(out: Path, plan: bytes, meta: dict[str, Any]) -> Path:
 # --- trtexec ----------------------------------------------------------------------------------
 def trtexec_command(req: BuildRequest, onnx_file: Path | None = None) -> list[str]:
     """The same build through trtexec (TensorRT's command-line builder), reading onnx_file
-    (the detector's TensorRT-ready copy, edgeood.graph.trt_rewrite) or the detector."""
+    (the detector's TensorRT-ready copy, edgeood.tensorrt.rewrite) or the detector."""
     o, f = req.options, req.features
     cmd = ["trtexec", f"--onnx={onnx_file or req.detector}", f"--saveEngine={req.out}"]
     shapes = req.profile_shapes()
@@ -582,8 +582,8 @@ def build_engine(req: BuildRequest, log: Log = _stderr, force: bool = False) -> 
         network_flags(trt.NetworkDefinitionCreationFlag, o.strongly_typed, features))
     parser = trt.OnnxParser(network, logger)
     # from a path, so that external data (<detector>.onnx.data) is found next to it; the
-    # parser reads a copy with log-sum-exp max-shifted (edgeood.graph.trt_rewrite)
-    from edgeood.graph.trt_rewrite import tensorrt_ready
+    # parser reads a copy with log-sum-exp max-shifted (edgeood.tensorrt.rewrite)
+    from edgeood.tensorrt.rewrite import tensorrt_ready
     with tensorrt_ready(req.detector) as source:
         parsed = parser.parse_from_file(str(source))
     if not parsed:

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeood.conventions import PVALUE_PREFIX, SCORE_PREFIX, TAP_PREFIX
+from edgeood.artifact.names import PVALUE_PREFIX, SCORE_PREFIX, TAP_PREFIX
 from edgeood.graph.model import model_opset
-from edgeood.metadata import read_metadata
+from edgeood.artifact.metadata import read_metadata
 from edgeood.methods.base import method_class
 
 HEAD_SCOPES = (SCORE_PREFIX, PVALUE_PREFIX, "pvalues", "decision", TAP_PREFIX.rstrip("_"),
@@ -49,7 +49,7 @@ def describe(path, fps: float = 30.0) -> dict:
 
 def monitor_lines(meta: dict, fps: float = 30.0) -> list[str]:
     """The stream monitor's defaults as `edgeood inspect` prints them."""
-    from edgeood.runtime.monitor import human_duration
+    from edgeood.stats.monitor import human_duration
     mon = meta.get("monitor")
     if not mon:
         return ["stream monitor: none in the metadata (re-export or calibrate with this "

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeood.conventions import IMAGE_INPUT, MONITOR_STATE
+from edgeood.artifact.names import IMAGE_INPUT, MONITOR_STATE
 from edgeood.errors import EdgeoodError
-from edgeood.metadata import sidecar_path
-from edgeood.runtime.cuda_util import DeviceBuffer, GpuInfo, PinnedBuffer, Stream, gpu_info
+from edgeood.artifact.metadata import sidecar_path
+from edgeood.runtime.tensorrt.cuda import DeviceBuffer, GpuInfo, PinnedBuffer, Stream, gpu_info
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -88,7 +88,7 @@ def histograms(scores: dict[str, dict[str, np.ndarray]], thresholds: dict[str, f
 
 
 def roc_curves(scores: dict[str, dict[str, np.ndarray]], path: Path, title: str) -> Path:
-    from edgeood.metrics import auroc
+    from edgeood.stats.metrics import auroc
     plt = _pyplot()
     methods = list(scores["id"])
     fig, axes = _grid(plt, len(methods), title)

@@ -1,0 +1,1 @@
+"""The TensorRT engine backend and its CUDA helpers (imported only when an engine is loaded)."""
