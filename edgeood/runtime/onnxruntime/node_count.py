@@ -3,7 +3,7 @@
 On a GPU every node is at least one kernel launch, so a head of many small nodes costs more
 than its arithmetic: the count after ONNX Runtime's own rewrites (ORT_ENABLE_EXTENDED, which
 folds constants and fuses what it can) is what a GPU session runs. The benchmarks report it per
-method and tests/test_node_count.py keeps it from growing.
+method and tests/graph/test_node_count.py keeps it from growing.
 """
 from __future__ import annotations
 

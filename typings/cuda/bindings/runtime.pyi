@@ -1,6 +1,6 @@
 # Signatures from cuda.bindings.runtime (cuda-python 12.x / 13.x): every call returns a tuple
 # whose first element is a cudaError_t; the remaining elements are the documented results.
-# Only the functions edgeood uses are declared; tests/test_cuda_util.py compares each one's
+# Only the functions edgeood uses are declared; tests/runtime/test_cuda_util.py compares each one's
 # parameter names and result count with the installed module's docstring.
 from enum import IntEnum
 
