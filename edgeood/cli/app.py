@@ -225,7 +225,7 @@ def run(
     from edgeood.data import open_source
     from edgeood.runtime import load
     det = load(detector, device=device, tf32=tf32, cuda_graph=cuda_graph, batch=batch)
-    runs_on = getattr(det.backend, "runs_on", "")
+    runs_on = det.backend.runs_on
     src = open_source(str(source))
     res = det.run_source(src, batch, progress=not (quiet or as_json))
     names = [str(f) for f in src.files] if src.files is not None else \

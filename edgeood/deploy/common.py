@@ -18,8 +18,7 @@ from edgeood.artifact.names import (IMAGE_INPUT, IS_OOD, LOGITS, MONITOR_STATE, 
 from edgeood.errors import EdgeoodError
 from edgeood.graph.signature import io_of_model
 from edgeood.artifact.metadata import read_metadata, sidecar_path
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+from edgeood.runtime import ENGINE_SUFFIXES, is_engine
 
 
 @dataclass
@@ -148,7 +147,7 @@ def open_detector(path) -> Detector:
     if not path.is_file():
         raise EdgeoodError(f"{path}: no such file; pass a detector (.onnx) or an engine with "
                            "its .json sidecar")
-    if path.suffix.lower() in ENGINE_SUFFIXES:
+    if is_engine(path):
         if not sidecar_path(path).is_file():
             raise EdgeoodError(f"{path} has no {sidecar_path(path).name} sidecar; keep the JSON "
                                "written by edgeood build next to the engine")

@@ -78,8 +78,8 @@ def fit_methods(graph: gs.Graph, head: ClassifierHead, methods: list[Method],
     g.outputs = list({t.name: t for t in outputs.values()}.values())
     loop = _FitLoop(list(outputs), [outputs[k].name for k in outputs], fitting, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        loop.backend = OrtBackend(session_source(to_model(g), tmp))
-        loop.run(source, pre, batch_size, progress, ood)
+        with OrtBackend(session_source(to_model(g), tmp)) as loop.backend:
+            loop.run(source, pre, batch_size, progress, ood)
     for m in fitting:
         m.scratch = {}
     return loop.notes

@@ -33,19 +33,16 @@ def calibrate_engine(engine, data, tpr: float | None = None, batch: int = 32,
     """Recalibrate an engine's source detector on the engine, then rebuild the engine."""
     from edgeood.pipeline.export import ExportResult, calibrate
     from edgeood.tensorrt.builder import build_engine, validate_build
-    from edgeood.runtime import engine_metadata
-    from edgeood.runtime.tensorrt.backend import TensorRTBackend, engine_section
+    from edgeood.runtime import backend_for, engine_metadata
+    from edgeood.runtime.tensorrt.backend import engine_section
     engine = Path(engine)
     meta = engine_metadata(engine)
     section = engine_section(engine, meta)
     source = source_of(engine, section)
     opts = section.get("build_options") or {}
-    backend = TensorRTBackend(engine, meta)
-    try:
+    with backend_for(engine, meta) as backend:
         res = calibrate(source, data, tpr=tpr, batch=batch, out=out, seed=seed,
                         progress=progress, scorer=backend)
-    finally:
-        backend.close()
     device = str(opts.get("device", "gpu"))
     req = validate_build(res.path, half=bool(opts.get("fp16_flag")),
                          batch=opts.get("max_batch"), dynamic=bool(opts.get("dynamic")),

@@ -393,8 +393,13 @@ def calibrate_stage(state: ExportState) -> ExportState:
         backend = req.scorer or OrtBackend(session_source(to_model(graph.copy()), tmp),
                                            device=req.device,
                                            precision=str(meta.get("precision", "float32")))
-        scored = score_source(backend, methods, req.data, state.pre, req.batch, req.progress)
-        target = backend.target  # where these thresholds hold (backend, device, precision)
+        try:
+            scored = score_source(backend, methods, req.data, state.pre, req.batch,
+                                  req.progress)
+            target = backend.target  # where these thresholds hold (backend, device, precision)
+        finally:
+            if req.scorer is None:  # a scorer passed in is its owner's to close
+                backend.close()
     refs = {}
     for m in methods:
         s = scored.scores[m]

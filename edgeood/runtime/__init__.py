@@ -10,6 +10,11 @@ from edgeood.runtime.detector import Detection, Detector  # noqa: F401
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
+def is_engine(path) -> bool:
+    """Whether the file is a TensorRT engine (by its suffix), else an ONNX model."""
+    return Path(path).suffix.lower() in ENGINE_SUFFIXES
+
+
 def load(path, providers: list | None = None, device: str | None = None, tf32: bool = False,
          cuda_graph: bool = False, batch: int | None = None) -> Detector:
     """A Detector for a detector file, its backend chosen from the file: an .onnx detector
@@ -21,7 +26,7 @@ def load(path, providers: list | None = None, device: str | None = None, tf32: b
     if path.suffix.lower() not in (".onnx", *ENGINE_SUFFIXES):
         raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
                            f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
-    meta = read_metadata(path) if path.suffix.lower() == ".onnx" else engine_metadata(path)
+    meta = engine_metadata(path) if is_engine(path) else read_metadata(path)
     backend = backend_for(path, meta, providers, device, tf32, cuda_graph, batch)
     return Detector(backend, meta, path)
 
@@ -44,21 +49,23 @@ def engine_metadata(path: Path) -> dict:
     return meta
 
 
-def backend_for(path: Path, meta: dict, providers: list | None = None,
+def backend_for(path: Path, meta: dict | None = None, providers: list | None = None,
                 device: str | None = None, tf32: bool = False, cuda_graph: bool = False,
-                batch: int | None = None):
-    """The backend that runs this file (edgeood.runtime.backend.Backend)."""
-    suffix = path.suffix.lower()
-    if suffix in ENGINE_SUFFIXES:
+                batch: int | None = None, threads: int | None = None):
+    """The backend that runs this file (edgeood.runtime.backend.Backend), the one place a
+    file is mapped to a backend class: an engine (meta: its sidecar) on TensorRT, an .onnx
+    model or detector (meta: its metadata, None for a plain model) on ONNX Runtime."""
+    path = Path(path)
+    if is_engine(path):
         if device not in (None, "gpu") and not str(device).startswith("dla"):
             raise EdgeoodError(f"--device {device} applies to .onnx detectors; {path.name} is a "
                                "TensorRT engine and runs on the device it was built for")
         from edgeood.runtime.tensorrt.backend import TensorRTBackend
         return TensorRTBackend(path, meta, cuda_graph=cuda_graph)
-    if suffix != ".onnx":
+    if path.suffix.lower() != ".onnx":
         raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
                            f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
     from edgeood.runtime.onnxruntime.backend import OrtBackend
-    return OrtBackend(path, providers, device=device, tf32=tf32, cuda_graph=cuda_graph,
-                      precision=str(meta.get("precision", "float32")),
+    return OrtBackend(path, providers, threads, device=device, tf32=tf32, cuda_graph=cuda_graph,
+                      precision=str((meta or {}).get("precision", "float32")),
                       report_fallback=True, graph_batch=batch)

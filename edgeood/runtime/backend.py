@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from edgeood.errors import EdgeoodError
+
 # What a backend's `target` says: where its numbers come from. Thresholds and p-value
-# references belong to the target they were calibrated on (see DESIGN.md, Conventions).
+# references belong to the target they were calibrated on.
 TARGET_KEYS = ("backend", "device", "precision")
 
 
@@ -18,15 +20,22 @@ TARGET_KEYS = ("backend", "device", "precision")
 class Backend(Protocol):
     """A loaded model that maps an input batch to named output arrays.
 
-    input_name / input_shape: the image input and its shape (batch first; a str or None where
-    a dimension is dynamic). output_names / output_shapes: every output, in graph order.
-    fixed_batch: the batch the model must be fed (None: any batch up to max_batch).
-    providers: what actually runs it, as read back from the runtime (ONNX Runtime's
-    session.get_providers(), or "TensorRT <version>"). target: {backend, device, precision}.
+    input_name / input_shape: the float image input and its shape (batch first; a str or None
+    where a dimension is dynamic). image_input: the uint8 N x H x W x C `image` input of an
+    --input uint8 detector (None when there is none); run() sends uint8 batches to it.
+    output_names / output_shapes: every output, in graph order. fixed_batch: the batch the model
+    must be fed (None: any batch). providers: what actually runs it, as read back from the
+    runtime (ONNX Runtime's session.get_providers(), or "TensorRT <version>"). target:
+    {backend, device, precision} (the device is target["device"]); runs_on: the same in one line
+    for people. layer_times: mean milliseconds per layer over `iterations` runs of x, or None
+    where the backend cannot time layers (ONNX Runtime). close() releases the session or the
+    device memory; a closed backend refuses every call in one line (EdgeoodError); `with`
+    closes it.
     """
 
     input_name: str
     input_shape: list[Any]
+    image_input: str | None
     output_names: list[str]
     output_shapes: dict[str, list[Any]]
     fixed_batch: int | None
@@ -37,9 +46,26 @@ class Backend(Protocol):
     @property
     def target(self) -> dict[str, str]: ...
 
+    @property
+    def runs_on(self) -> str: ...
+
     def run(self, x: np.ndarray[Any, Any], outputs: list[str] | None = None,
             extra: dict[str, np.ndarray[Any, Any]] | None = None
             ) -> dict[str, np.ndarray[Any, Any]]: ...
+
+    def layer_times(self, x: np.ndarray[Any, Any],
+                    iterations: int = 10) -> dict[str, float] | None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Backend: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def closed_error(what: str) -> EdgeoodError:
+    """The one-line refusal of a backend used after close()."""
+    return EdgeoodError(f"{what} was closed; load the detector again (edgeood.load) to run it")
 
 
 def describe_target(target: dict[str, str] | None) -> str:

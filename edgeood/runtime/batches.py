@@ -8,9 +8,10 @@ import numpy as np
 
 from edgeood.data import ImageSource, Preprocess
 from edgeood.progress import track
+from edgeood.runtime.backend import Backend
 
 
-def run_over(backend, source: ImageSource, pre: Preprocess, batch_size: int,
+def run_over(backend: Backend, source: ImageSource, pre: Preprocess, batch_size: int,
              names: list[str] | None = None, label: str = "running", progress: bool = False,
              on_batch: Callable[[np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
     """The named outputs (all when None) over every image, concatenated along the batch axis;

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from edgeood.data import ImageSource, Preprocess, open_source
+from edgeood.progress import warn
+from edgeood.runtime.backend import Backend, target_mismatch
 from edgeood.runtime.batches import run_over
 from edgeood.runtime.frames import run_frames, takes_frames
 
@@ -50,16 +52,25 @@ class Detection:
 
 class Detector:
     """detector(images) -> Detection. images: uint8 H x W x C images (a list or an N x H x W x C
-    array), a float32 N x C x H x W preprocessed array, or a folder / image / .npy / .npz path."""
+    array), a float32 N x C x H x W preprocessed array, or a folder / image / .npy / .npz path.
+    close() (or leaving a `with` block) releases the backend's session or GPU memory."""
 
-    def __init__(self, backend, metadata: dict[str, Any], path: Path | None = None):
+    def __init__(self, backend: Backend, metadata: dict[str, Any], path: Path | None = None):
         self.backend, self.metadata, self.path = backend, metadata, path
         self.preprocess = Preprocess.from_dict(metadata["preprocessing"])
-        from edgeood.runtime.backend import target_mismatch
-        self.target_note = target_mismatch(metadata, getattr(backend, "target", None))
+        self.target_note = target_mismatch(metadata, backend.target)
         if self.target_note:  # said once, when the detector is loaded
-            from edgeood.progress import warn
             warn(self.target_note)
+
+    def close(self) -> None:
+        """Release the backend; running afterwards is refused in one line."""
+        self.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def methods(self) -> list[str]:

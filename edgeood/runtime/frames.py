@@ -12,11 +12,12 @@ import numpy as np
 from edgeood.data import ImageSource, Preprocess, read_image
 from edgeood.errors import EdgeoodError
 from edgeood.progress import track
+from edgeood.runtime.backend import Backend
 
 
-def takes_frames(backend, source: ImageSource) -> bool:
+def takes_frames(backend: Backend, source: ImageSource) -> bool:
     """Whether the backend has a uint8 image input and the source holds uint8 images."""
-    if getattr(backend, "image_input", None) is None:
+    if backend.image_input is None:
         return False
     if source.files is not None or isinstance(source.array, list):
         return True
@@ -60,7 +61,7 @@ def frame_batches(source: ImageSource, pre: Preprocess, batch_size: int) -> Iter
         yield np.stack(pending)
 
 
-def run_frames(backend, source: ImageSource, pre: Preprocess, batch_size: int,
+def run_frames(backend: Backend, source: ImageSource, pre: Preprocess, batch_size: int,
                names: list[str], label: str = "running",
                progress: bool = False) -> dict[str, np.ndarray]:
     """The named outputs over every frame of source, fed to the backend's image input."""

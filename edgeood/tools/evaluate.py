@@ -2,6 +2,8 @@
 false-alarm rate at the stored thresholds."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from edgeood.data import open_source
 from edgeood.stats.metrics import false_alarm_rate, summary
 from edgeood.runtime import Detector, load
@@ -10,7 +12,17 @@ from edgeood.runtime import Detector, load
 def evaluate(detector, id_data, ood: dict, batch: int = 32, progress: bool = False,
              id_name: str | None = None) -> dict:
     """detector: a path or a Detector; id_data / ood values: anything open_source accepts."""
-    det = detector if isinstance(detector, Detector) else load(detector)
+    with _opened(detector) as det:
+        return _evaluate(det, id_data, ood, batch, progress, id_name)
+
+
+def _opened(detector):
+    """A Detector given is the caller's to close; one loaded from a path here is closed here."""
+    return nullcontext(detector) if isinstance(detector, Detector) else load(detector)
+
+
+def _evaluate(det: Detector, id_data, ood: dict, batch: int, progress: bool,
+              id_name: str | None) -> dict:
     id_src = open_source(id_data, id_name)
     res_id = det.run_source(id_src, batch, progress)
     report = {"detector": str(det.path), "id": id_src.name, "id_count": len(id_src),
@@ -38,9 +50,9 @@ def evaluate_many(detectors: list, id_data, ood: dict, batch: int = 32, progress
     oods = {name: open_source(data, name) for name, data in ood.items()}
     labels, reports, scores = [], [], []
     for d in detectors:
-        det = d if isinstance(d, Detector) else load(d)
-        res_id = det.run_source(id_src, batch, progress)
-        res = {name: det.run_source(src, batch, progress) for name, src in oods.items()}
+        with _opened(d) as det:
+            res_id = det.run_source(id_src, batch, progress)
+            res = {name: det.run_source(src, batch, progress) for name, src in oods.items()}
         tpr = det.metadata.get("tpr", 0.95)
         rep = {"detector": str(det.path), "precision": det.metadata.get("precision", "float32"),
                "id": id_src.name, "id_count": len(id_src), "tpr": tpr, "results": [],

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeood.errors import EdgeoodError
+from edgeood.runtime.backend import Backend
 
 
-def input_for(backend, batch: int, imgsz=None, seed: int = 0) -> np.ndarray:
+def input_for(backend: Backend, batch: int, imgsz=None, seed: int = 0) -> np.ndarray:
     """A float32 random input of the model's shape with the given batch."""
     c, h, w = backend.input_shape[1:]
     if not isinstance(h, int) or not isinstance(w, int):
@@ -66,17 +67,24 @@ def profile(path, batch: int = 1, warmup: int = 10, iterations: int = 100, imgsz
     if batch < 1 or iterations < 1 or warmup < 0:
         raise EdgeoodError("--batch and --iterations must be >= 1 and --warmup >= 0")
     backend, meta = open_backend(Path(path), providers, threads, device, tf32, cuda_graph, batch)
+    with backend:
+        return _profile(backend, meta, path, batch, warmup, iterations, imgsz, percentiles,
+                        layers, frame_size)
+
+
+def _profile(backend: Backend, meta: dict | None, path, batch: int, warmup: int,
+             iterations: int, imgsz, percentiles, layers: int, frame_size) -> dict:
     x = input_for(backend, batch, imgsz)
     ms = time_runs(lambda: backend.run(x), warmup, iterations)
     res = {"model": str(path), "batch": batch, "providers": backend.providers,
            **latency_stats(ms, batch, percentiles)}
-    res["runs_on"] = getattr(backend, "runs_on", backend.providers[0])
-    res["target"] = getattr(backend, "target", None)
+    res["runs_on"] = backend.runs_on
+    res["target"] = backend.target
     if meta is not None and "preprocessing" in meta:
         res["stages"] = stage_breakdown(backend, meta, batch, warmup, iterations, percentiles,
                                         frame_size)
-    if layers and hasattr(backend, "layer_times"):
-        times = backend.layer_times(x, iterations)
+    times = backend.layer_times(x, iterations) if layers else None
+    if times is not None:  # None: the backend cannot time layers (ONNX Runtime)
         res["layers"] = [{"layer": k, "ms": v} for k, v in
                          sorted(times.items(), key=lambda kv: -kv[1])[:layers]]
         res["layers_total_ms"] = float(sum(times.values()))
@@ -85,24 +93,22 @@ def profile(path, batch: int = 1, warmup: int = 10, iterations: int = 100, imgsz
 
 def open_backend(path: Path, providers=None, threads: int | None = None,
                  device: str | None = None, tf32: bool = False, cuda_graph: bool = False,
-                 batch: int | None = None):
+                 batch: int | None = None) -> tuple[Backend, dict | None]:
     """(backend, metadata or None) for a plain model, a detector or an engine."""
-    from edgeood.runtime import ENGINE_SUFFIXES, backend_for, engine_metadata
-    if path.suffix.lower() in ENGINE_SUFFIXES:
+    from edgeood.runtime import backend_for, engine_metadata, is_engine
+    if is_engine(path):
         meta = engine_metadata(path)
-        return backend_for(path, meta, device=device, cuda_graph=cuda_graph), meta
-    from edgeood.graph.model import load_model
-    from edgeood.artifact.metadata import KEY
-    from edgeood.runtime.onnxruntime.backend import OrtBackend
-    model = load_model(path)  # clear error for missing/corrupt files
-    props = {p.key: p.value for p in model.metadata_props}
-    meta = None
-    if KEY in props:
-        import json
-        meta = json.loads(props[KEY])
-    backend = OrtBackend(path, providers, threads, device=device, tf32=tf32,
-                         cuda_graph=cuda_graph, report_fallback=True, graph_batch=batch,
-                         precision=str((meta or {}).get("precision", "float32")))
+    else:
+        from edgeood.graph.model import load_model
+        from edgeood.artifact.metadata import KEY
+        model = load_model(path)  # clear error for missing/corrupt files
+        props = {p.key: p.value for p in model.metadata_props}
+        meta = None
+        if KEY in props:
+            import json
+            meta = json.loads(props[KEY])
+    backend = backend_for(path, meta, providers, device, tf32, cuda_graph, batch,
+                          threads=threads)
     return backend, meta
 
 
@@ -113,7 +119,7 @@ def frames_for(pre, batch: int, frame_size=(480, 640), seed: int = 0) -> np.ndar
                                                 dtype=np.uint8)
 
 
-def stage_breakdown(backend, meta: dict, batch: int, warmup: int, iterations: int,
+def stage_breakdown(backend: Backend, meta: dict, batch: int, warmup: int, iterations: int,
                     percentiles=(50, 90, 99), frame_size=(480, 640)) -> dict:
     """PRE (uint8 frames -> the input batch, on the host), NET (backend.run) and POST (outputs
     -> Detection -> per-image rows), each timed per batch over the same iterations."""
@@ -121,7 +127,7 @@ def stage_breakdown(backend, meta: dict, batch: int, warmup: int, iterations: in
     from edgeood.runtime.detector import Detection
     pre = Preprocess.from_dict(meta["preprocessing"])
     frames = frames_for(pre, batch, frame_size)
-    in_graph = getattr(backend, "image_input", None) is not None
+    in_graph = backend.image_input is not None
     names = backend.output_names
     if "logits" not in names:
         return {}

@@ -8,13 +8,16 @@ import onnxruntime as ort
 
 from edgeood.artifact.names import IMAGE_INPUT, MONITOR_STATE
 from edgeood.errors import EdgeoodError
+from edgeood.progress import warn
+from edgeood.runtime.backend import closed_error
 from edgeood.runtime.onnxruntime.providers import (CPU, GPU_PROVIDERS, PROVIDER_DEVICE, TENSORRT,  # noqa: F401
                                        cpu_fallback, default_providers, describe_fallback,
                                        ensure_cache_folders, provider_specs, runs_on)
 
 
 class OrtBackend:
-    """Runs an ONNX model (a path or serialized bytes) with ONNX Runtime."""
+    """Runs an ONNX model (a path or serialized bytes) with ONNX Runtime (the Backend protocol:
+    edgeood/runtime/backend.py). close() releases the session."""
 
     def __init__(self, model: str | Path | bytes, providers: list | None = None,
                  threads: int | None = None, config: dict[str, str] | None = None,
@@ -38,7 +41,8 @@ class OrtBackend:
         ensure_cache_folders(specs)
         if any((p if isinstance(p, str) else p[0]) == TENSORRT for p in specs):
             src = _tensorrt_source(src)  # the TensorRT EP parses with TensorRT's parser
-        self.session = ort.InferenceSession(src, opts, providers=specs, enable_fallback=0)
+        self._session: ort.InferenceSession | None = ort.InferenceSession(
+            src, opts, providers=specs, enable_fallback=0)
         self.tf32, self.precision = tf32, precision
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -52,7 +56,6 @@ class OrtBackend:
         self.fallback = cpu_fallback(src, specs, threads) \
             if (report_fallback or cuda_graph) and first != CPU else None
         if report_fallback and self.fallback:
-            from edgeood.progress import warn
             warn(describe_fallback(self.fallback, first))
         self.graph_runner = None
         if cuda_graph:
@@ -74,6 +77,13 @@ class OrtBackend:
             image.name: np.zeros([0, *_fixed(image.shape[1:])], np.uint8)}
 
     @property
+    def session(self) -> ort.InferenceSession:
+        """The live session (a one-line error once closed)."""
+        if self._session is None:
+            raise closed_error("this ONNX Runtime backend")
+        return self._session
+
+    @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
@@ -91,9 +101,27 @@ class OrtBackend:
     def runs_on(self) -> str:
         return runs_on(self.providers, self.tf32)
 
+    def layer_times(self, x: np.ndarray, iterations: int = 10) -> dict[str, float] | None:
+        """None: per-layer times come from TensorRT's profiler, which a session lacks."""
+        if self._session is None:  # a closed backend refuses, as every call does
+            raise closed_error("this ONNX Runtime backend")
+        return None
+
+    def close(self) -> None:
+        """Release the session (and a captured CUDA graph's device buffers); idempotent."""
+        self.graph_runner = None
+        self._session = None
+
+    def __enter__(self) -> OrtBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def run(self, x: np.ndarray, outputs: list[str] | None = None,
             extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The named outputs for the image batch x; extra feeds other (un-batched) inputs."""
+        session = self.session  # refuses once closed
         names = outputs or self.output_names
         feeds = dict(extra or {})
         entry = self.input_name
@@ -106,7 +134,7 @@ class OrtBackend:
         if self.graph_runner is not None:
             return self.graph_runner.run(entry, x, names, feeds)
         if self.fixed_batch is None or len(x) == self.fixed_batch:
-            return dict(zip(names, self.session.run(names, {entry: x, **feeds})))
+            return dict(zip(names, session.run(names, {entry: x, **feeds})))
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         fb = self.fixed_batch
         for start in range(0, len(x), fb):
@@ -114,8 +142,7 @@ class OrtBackend:
             n = len(chunk)
             if n < fb:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fb - n, axis=0)])
-            for name, value in zip(names, self.session.run(names, {entry: chunk,
-                                                                   **feeds})):
+            for name, value in zip(names, session.run(names, {entry: chunk, **feeds})):
                 parts[name].append(value[:n])
         return {n: np.concatenate(v) for n, v in parts.items()}
 
@@ -136,7 +163,6 @@ def _tensorrt_source(src: str | bytes) -> str | bytes:
     if not needs_rewrite(model):
         return src
     if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
-        from edgeood.progress import warn
         warn(f"{src}: its weights are in external data, so the TensorRT provider gets it as "
              "is, with ReduceLogSumExp unshifted (it overflows above 88.7); build an engine "
              "with edgeood build instead")

@@ -24,6 +24,7 @@ import numpy as np
 from edgeood.artifact.names import IMAGE_INPUT, MONITOR_STATE
 from edgeood.errors import EdgeoodError
 from edgeood.artifact.metadata import sidecar_path
+from edgeood.runtime.backend import closed_error
 from edgeood.runtime.tensorrt.cuda import DeviceBuffer, GpuInfo, PinnedBuffer, Stream, gpu_info
 
 if TYPE_CHECKING:
@@ -236,6 +237,7 @@ class TensorRTBackend:
             if not self.context.set_tensor_address(t.name, self.device[t.name].ptr):
                 raise EdgeoodError(f"TensorRT refused the address of {t.name} in {path}")
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self.closed = False
 
     # -- engine introspection
     def _io_tensors(self) -> list[TensorSpec]:
@@ -265,6 +267,10 @@ class TensorRTBackend:
         return (batch, *t.shape[1:])
 
     # -- Backend protocol
+    def _check_open(self) -> None:
+        if self.closed:
+            raise closed_error(f"the TensorRT backend of {self.path}")
+
     @property
     def providers(self) -> list[str]:
         return [f"TensorRT {self.version}"]
@@ -284,6 +290,7 @@ class TensorRTBackend:
         """The named outputs for the batch x (any length: cut into chunks of at most
         max_batch; fixed-batch engines get the last chunk padded). uint8 N x H x W x C frames
         go to a uint8 `image` input where the engine has one (in-graph preprocessing)."""
+        self._check_open()
         names = outputs or self.output_names
         entry = self.image_input if self.image_input and x.dtype == np.uint8 \
             else self.input_name
@@ -369,6 +376,7 @@ class TensorRTBackend:
     def layer_times(self, x: NDArray, iterations: int = 10) -> dict[str, float]:
         """Mean milliseconds per layer over `iterations` runs of x, from TensorRT's profiler
         (on a second execution context, so the main one stays unprofiled)."""
+        self._check_open()
         times = _LayerTimes()
         ctx: trt.IExecutionContext | None = self.engine.create_execution_context()
         if ctx is None:
@@ -389,9 +397,19 @@ class TensorRTBackend:
         return {k: v / times.runs for k, v in times.total.items()}
 
     def close(self) -> None:
+        """Free the device and pinned buffers and the stream; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
         for buf in list(self.device.values()):
             buf.free()
         for host in list(self.host.values()):
             host.free()
         self.device, self.host = {}, {}
         self.stream.destroy()
+
+    def __enter__(self) -> TensorRTBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
