@@ -5,6 +5,7 @@ in-distribution images, and run it on ONNX Runtime or TensorRT.
 on first use of a name below.
 """
 from edgeood.version import __version__  # noqa: F401
+from edgeood import progress as _progress  # noqa: F401 - warnings reach stderr by default
 
 _LAZY = {"export": "edgeood.api", "calibrate": "edgeood.api", "load": "edgeood.api",
          "build": "edgeood.api", "StreamMonitor": "edgeood.stats.monitor"}

@@ -29,7 +29,7 @@ from edgeood.graph.signature import io_spec
 from edgeood.graph.taps import find_block_candidates, resolve
 from edgeood.artifact.metadata import SCHEMA_VERSION, read_metadata, save_detector, session_source
 from edgeood.methods.base import Method, ModelInfo, create, method_class, parse_params
-from edgeood.progress import warn
+from edgeood.progress import stage, warn
 from edgeood.pipeline.recipes import Recipe, load_recipe
 from edgeood.resize import HALF_PIXEL_LINEAR
 from edgeood.stats.monitor import (DEFAULT_ARL, DEFAULT_DELTA, DEFAULT_STRIDE, StreamMonitor,
@@ -474,9 +474,12 @@ EXPORT_STAGES = (load_stage, prepare_stage, precision_stage, bind_stage, fit_sta
 CALIBRATE_STAGES = (unfold_monitor_stage, calibrate_stage, monitor_stage, save_stage)
 
 
-def run_stages(state: ExportState, stages) -> ExportState:
-    for stage in stages:
-        state = stage(state)
+def run_stages(state: ExportState, stages, label: str = "export") -> ExportState:
+    """Run the stages in order; with progress and no terminal, one line per stage."""
+    for step in stages:
+        name = getattr(step, "__name__", "stage").removesuffix("_stage")
+        with stage(f"{label}: {name}", state.request.progress):
+            state = step(state)
     return state
 
 
@@ -542,7 +545,7 @@ def calibrate(detector, data, tpr: float | None = None, batch: int = 32, out=Non
                         progress=progress, monitor=monitor, device=device, scorer=scorer)
     state = ExportState(req, folded=gs.import_onnx(load_model(path)), meta=meta,
                         pre=Preprocess.from_dict(meta["preprocessing"]))
-    state = run_stages(state, CALIBRATE_STAGES)
+    state = run_stages(state, CALIBRATE_STAGES, "calibrate")
     return ExportResult(state.path, state.meta)
 
 

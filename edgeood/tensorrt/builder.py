@@ -24,8 +24,8 @@ import json
 import os
 import re
 import shlex
+import logging
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,8 +50,9 @@ PRECISION_TAG = {"float32": "fp32", "float16": "fp16", "int8": "int8"}
 Log = Callable[[str], None]
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
+def _logged(line: str) -> None:
+    """The default build log: warnings of the "edgeood" logger (on stderr by default)."""
+    logging.getLogger(__name__).warning(line.removeprefix("warning: "))
 
 
 # --- what the installed (or named) TensorRT offers --------------------------------------------
@@ -560,7 +561,7 @@ def keep_head_fp32(network: trt.INetworkDefinition, nodes: frozenset[str],
     return pinned
 
 
-def build_engine(req: BuildRequest, log: Log = _stderr, force: bool = False) -> BuildResult:
+def build_engine(req: BuildRequest, log: Log = _logged, force: bool = False) -> BuildResult:
     """Build (or reuse) the engine of a validated request."""
     require_tensorrt("edgeood build")
     import tensorrt as trt

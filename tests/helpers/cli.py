@@ -2,8 +2,12 @@
 tests/methods, tests/deploy and tests/graph)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+
+# the line a finished stage prints when stderr is not a terminal ("export: fit ... done in 3.1 s")
+PROGRESS_LINE = re.compile(r"(export|calibrate): \w+ \.\.\. done in \d+\.\d s")
 
 
 def cli(*args, check=True):
