@@ -63,9 +63,8 @@ def _printed_above(record: logging.LogRecord) -> bool:
     logger: logging.Logger | None = LOG.parent if LOG.propagate else None
     while logger is not None:
         for h in logger.handlers:
-            stream = getattr(h, "stream", None)
             if isinstance(h, logging.StreamHandler) and record.levelno >= h.level and \
-                    stream is not None and stream in (sys.stderr, sys.__stderr__):
+                    h.stream in (sys.stderr, sys.__stderr__):
                 return True
         logger = logger.parent if logger.propagate else None
     return False
