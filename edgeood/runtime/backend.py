@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 # What a backend's `target` says: where its numbers come from. Thresholds and p-value
-# references belong to the target they were calibrated on (see DESIGN.md, Conventions).
+# references belong to the target they were calibrated on (docs/design/index.md, Conventions).
 TARGET_KEYS = ("backend", "device", "precision")
 
 
