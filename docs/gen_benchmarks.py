@@ -114,7 +114,7 @@ def cost_rows(method: str) -> tuple[list[list], str]:
         name, d = "grood_lite0.json", load("grood_lite0.json")
         key = "grood:as_calibrated" if method == "grood" else "layer_energy"
         cells = {b: d["batches"][b]["over_classifier"][key] for b in d["batches"]}
-        by_batch = [f"{x(cells[b]['p50'])} ({x(cells[b]['min'])})" if b in cells else "n/a"
+        by_batch = [f"{x(cells[b]['p50'])} ({x(cells[b]['min'])})" if b in cells else "not measured"
                     for b in ("1", "8", "16")]
         rows = [["latency / classifier, p50 (min)", *by_batch]]
         if method == "grood":
