@@ -83,11 +83,19 @@ def quick_start_files(folder: Path) -> None:
     shutil.copy(digits.shipped_model(), folder / "model.onnx")
 
 
-def environment() -> dict[str, str]:
+def environment(bindir: Path) -> dict[str, str]:
+    """This checkout first on PYTHONPATH; `python` and `edgeood` are this interpreter and this
+    checkout's CLI (shims in bindir), whatever else is installed."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    for name, cmd in (("python", f'exec "{sys.executable}" "$@"'),
+                      ("python3", f'exec "{sys.executable}" "$@"'),
+                      ("edgeood", f'exec "{sys.executable}" -m edgeood.cli "$@"')):
+        shim = bindir / name
+        shim.write_text(f"#!/bin/sh\n{cmd}\n", encoding="utf-8")
+        shim.chmod(0o755)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    bindir = str(Path(sys.executable).parent)  # this interpreter's `python` and `edgeood`
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PATH"] = str(bindir) + os.pathsep + env.get("PATH", "")
     env.setdefault("MPLBACKEND", "Agg")
     return env
 
@@ -111,12 +119,14 @@ def test_page_examples_run(page, tmp_path):
     for b in skipped:  # reported with -rs / -s; a skip must say why
         assert b.skip, f"{b.where()}: a skip comment needs its reason"
         print(f"not run: {b.where()}: {b.skip}")
+    work = tmp_path / "work"
+    work.mkdir()
     if page.name != "README.md":
-        quick_start_files(tmp_path)
-    env = environment()
+        quick_start_files(work)
+    env = environment(tmp_path / "bin")
     for block in todo:
         if block.skip is None:
-            run_block(block, tmp_path, env)
+            run_block(block, work, env)
 
 
 def test_collector_reads_fences_and_skips(tmp_path):
