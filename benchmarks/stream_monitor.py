@@ -138,7 +138,7 @@ def main():
 
 
 def markdown(results: dict) -> str:
-    """The README table: one row per monitor and A."""
+    """The stream-alarm table (the docs render it from the JSON): one row per monitor and A."""
     head = ["monitor", "A", "ID false alarms in 1000 frames", "near delay median / p90",
             "far delay median / p90", f"still scene (x{REPEAT}): stride 1", f"stride {REPEAT}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

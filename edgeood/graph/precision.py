@@ -45,7 +45,8 @@ from edgeood.graph.subgraph import nodes_between
 F16, F32 = np.float16, np.float32
 PRECISIONS = ("float32", "float16", "int8")
 # activation-range calibration; percentile (99.999) is the default: on EfficientNet-Lite0 its
-# largest AUROC drift over 12 methods was 2.4 points against 3.5 for minmax (README)
+# largest AUROC drift over 12 methods was 2.4 points against 3.5 for minmax
+# (benchmarks/results/precision.json)
 INT8_METHODS = ("minmax", "entropy", "percentile")
 INT8_RECOMMENDED = 300
 # op types converted to float16 (every other op stays float32 behind Casts)

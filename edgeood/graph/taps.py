@@ -43,7 +43,7 @@ def _feature_map_before_pool(graph: gs.Graph, head: ClassifierHead) -> gs.Tensor
 
 
 def find_block_candidates(graph: gs.Graph, head: ClassifierHead) -> list[str]:
-    """FeatureNorm candidates (methods.md): outputs of residual Add nodes (through a following
+    """FeatureNorm candidates (docs/methods/featurenorm.md): outputs of residual Add nodes (through a following
     Relu), the last tensor before each spatial down-sampling (looking through Pad), and the
     final feature map that is pooled into z (or, without a linear head, that goes into the
     head's conv / pool)."""

@@ -13,8 +13,8 @@ much the top penultimate activations move under a small input perturbation along
 Deviations, documented: the official code at its HEAD swaps k1 and k2 in calibration only; we
 follow the formulas above in both places (they match the original, consistent release). The
 least-|g| set is exact with the lower-index tie rule: one unsorted TopK of n (selection=topk,
-topk_limit=0, the default; on ONNX Runtime CPU 1.6 ms on a 224 px input against 5.8 ms for
-two rounds of 3839; TensorRT paths split a K >= 3840 into exact rounds,
+topk_limit=0, the default: on ONNX Runtime CPU faster than rounds or the search, as measured
+in benchmarks/bench_adascale.py; TensorRT paths split a K >= 3840 into exact rounds,
 edgeood.tensorrt.rewrite); with
 topk_limit=L, successive TopK rounds of at most L, each excluding the elements already chosen
 (a graph TensorRT parses as it is); or a 32-step search for the n-th smallest |g| over the
@@ -49,16 +49,15 @@ SELECTIONS = ("topk", "search")
 def least_mask(graph: gs.Graph, v: gs.Tensor, n: int, limit: int = 0,
                selection: str = "topk") -> gs.Variable:
     """float32 [N, L] mask of the n smallest entries per row of v >= 0 (ties: lower index).
-    limit = 0 or n <= limit: one unsorted TopK of n (on EfficientNet-Lite0's 150528 input
-    entries, n = 7526, one thread: 1.6 ms on ONNX Runtime CPU, 2.4 ms sorted, against 5.8 ms
-    for two unsorted rounds of 3839, one of which alone takes 3.0 ms; TensorRT paths split a
-    K >= 3840 into rounds, edgeood.tensorrt.rewrite). Two exact forms TensorRT parses as they
+    limit = 0 or n <= limit: one unsorted TopK of n (on ONNX Runtime CPU faster than a sorted
+    TopK or two rounds; TensorRT paths split a K >= 3840 into rounds,
+    edgeood.tensorrt.rewrite). Two exact forms TensorRT parses as they
     stand:
     - "topk" with 0 < limit < n: TopK rounds of at most `limit`, each excluding the entries
       already chosen (ScatterElements).
     - "search" (n > limit): the n-th smallest value found by a fixed 32-step search
       (_nth_smallest), then the entries below it and, of those equal to it, the first ones by
-      index (CumSum); about 220 nodes more (2.6 ms there).
+      index (CumSum); about 220 nodes more.
     """
     if n <= 0:
         return graph.mul(v, np.float32(0))

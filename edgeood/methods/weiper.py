@@ -5,7 +5,7 @@ a seeded generator and frozen into the graph; L~ = W~ z + b~ (r C values).
 - weiper_msp: MSP_W = (1/r) sum_i max_c softmax(W~_i z + b)_c.
 - weiper_kld: score = -(d_z + lambda1 d_L - lambda2 MSP_W), d the symmetric KL divergence
   between the mean ID histogram (of z values, resp. L~ values) and the sample's own histogram,
-  smoothed with a uniform kernel (replicate padding); see methods.md for every detail.
+  smoothed with a uniform kernel (replicate padding); docs/methods/weiper.md has the hyperparameters.
 
 In the graph, W~ is stored as the perturbation P only (W~ z = W z + P z, and W z + b are the
 classifier's own logits), optionally in float16 (`storage=float16`; the head computes in
@@ -52,7 +52,7 @@ from edgeood.methods.bincount import (  # noqa: F401  (bin_estimator, graph_bin_
     settle_forms)
 from edgeood.methods.numeric import softmax
 
-# (r, delta, n_bins, lambda1, lambda2, s1, s2) from methods.md, chosen by the number of classes
+# (r, delta, n_bins, lambda1, lambda2, s1, s2): the paper's settings, chosen by the number of classes
 PRESETS = {
     "cifar10": (100, 1.8, 100, 2.5, 0.1, 4, 15),
     "cifar100": (100, 2.4, 100, 0.1, 1.0, 4, 40),

@@ -1,8 +1,10 @@
 """The export pipeline: export() and calibrate() as named stages.
 
 export is a pipeline of named stages, each taking and returning one ExportState, so the data
-flows one way: validate -> load -> prepare -> bind -> fit -> fold -> calibrate -> save.
-calibrate() reuses the last three stages on a saved detector.
+flows one way. The tuples EXPORT_STAGES and CALIBRATE_STAGES below are the authoritative lists:
+export() validates its arguments and runs EXPORT_STAGES; calibrate() runs CALIBRATE_STAGES on a
+saved detector (the methods' fitted statistics are kept; thresholds, references and the stream
+monitor are refitted).
 """
 from __future__ import annotations
 

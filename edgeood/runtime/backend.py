@@ -12,7 +12,7 @@ import numpy as np
 from edgeood.errors import EdgeoodError
 
 # What a backend's `target` says: where its numbers come from. Thresholds and p-value
-# references belong to the target they were calibrated on.
+# references belong to the target they were calibrated on (docs/design/index.md, Conventions).
 TARGET_KEYS = ("backend", "device", "precision")
 
 

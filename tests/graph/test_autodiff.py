@@ -237,7 +237,7 @@ class _SmallCnn(torch.nn.Module):
 def test_adascale_on_a_fixed_batch_1_model(tmp_path):
     """AdaSCALE's gradient and second pass on a classifier exported with input [1, 3, 12, 12]:
     calibration and scoring run one image per call, and the score matches torch.autograd (the
-    gradient), the least-|g| perturbation of methods.md in NumPy, torch (z') and
+    gradient), the least-|g| perturbation of docs/methods/adascale.md in NumPy, torch (z') and
     AdaScaleA.reference."""
     import warnings
 

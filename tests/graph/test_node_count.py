@@ -1,7 +1,7 @@
 """The scoring head stays a few nodes once ONNX Runtime has optimised the graph (on a GPU each
-node is a kernel launch). The budgets are the node-by-node counts the README derives for each
-method (its formula's operations, plus the one shared p-value lookup and decision); a change
-that adds nodes fails here."""
+node is a kernel launch). The budgets are the node-by-node counts docs/design/head-nodes.md
+derives for each method (its formula's operations, plus the one shared p-value lookup and
+decision); a change that adds nodes fails here."""
 from __future__ import annotations
 
 import onnx
@@ -47,7 +47,7 @@ def test_six_methods_share_one_lookup(lite0_model, lite0_photos, tmp_path):
     assert ops.get("LessOrEqual") == 1 and ops.get("Not") == 1 and ops.get("Split") == 1, ops
 
 
-# the heavier heads on the digits CNN, counted when they were last cut (README, "Head nodes"):
+# the heavier heads on the digits CNN, counted when they were last cut (docs/design/head-nodes.md):
 # WeiPer's projection + MSP + two histograms (compare-and-count on these short rows, the
 # scatter form forced), AdaSCALE's input gradient + second pass + scoring tail
 HEAVY = [("weiper_msp", {}, 12), ("weiper_kld", {}, 29),

@@ -39,7 +39,7 @@ GPU_PROVIDERS = (TENSORRT, CUDA)
 ProviderSpec = Union[str, tuple[str, dict[str, str]]]
 
 # onnxruntime and onnxruntime-gpu install into the same package folder: uninstalling one
-# removes files of the other, hence the forced reinstall (the README's "GPU" section).
+# removes files of the other, hence the forced reinstall (docs/deploy/onnxruntime-gpu.md).
 SWITCH_TO_GPU = ("pip install 'edgeood[gpu]' && pip uninstall -y onnxruntime && "
                  "pip install --force-reinstall --no-deps onnxruntime-gpu")
 SWITCH_TO_CPU = ("pip uninstall -y onnxruntime-gpu && "
