@@ -139,8 +139,10 @@ def parse_imgsz(imgsz, flag: str = "--imgsz") -> tuple[int, int] | None:
     except (TypeError, ValueError):
         vals = []
     if len(vals) not in (1, 2) or min(vals) < 1:
+        eg = f"{flag} 224 or {flag} 240,320" if flag.startswith("--") else \
+            f"{flag}=224 or {flag}=(240, 320)"
         raise EdgeoodError(f"{flag} {imgsz!r} must be one or two positive integers: S or H,W "
-                           f"(e.g. {flag} 224 or {flag} 240,320)")
+                           f"(e.g. {eg})")
     return (vals[0], vals[-1])
 
 
@@ -539,7 +541,8 @@ def _preprocess(recipe: Recipe | None, chw, mean=None, std=None) -> Preprocess:
     where = f"recipe {recipe.path}: [input] " if recipe and recipe.path else "recipe [input] "
     for key, given in (("mean", mean), ("std", std)):
         if given is not None:
-            check_channels(list(np.atleast_1d(given)), c, f"{key} {list(np.atleast_1d(given))}")
+            values = [float(v) for v in np.atleast_1d(given)]
+            check_channels(values, c, f"{key} {values}")
         elif key in rin:
             check_channels(rin[key], c, f"{where}{key}")
     return Preprocess(size=(h, w), channels=c, mean=tuple(mean or rin.get("mean", dm)),
