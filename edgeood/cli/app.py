@@ -13,13 +13,35 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from edgeood.version import __version__
 from edgeood.config import (BUILD, CALIBRATE, CHECK, DEEPSTREAM, DEMO, EVAL, EXPORT, INSPECT,
                             PROFILE, RUN, TRITON, WATCH, cli_option)
 from edgeood.errors import EdgeoodError
 
+
+
+class _BareHelp:
+    """--help takes no value: show no <bool> beside it (as for every flag of the table)."""
+
+    def get_help_option(self, ctx):
+        opt = super().get_help_option(ctx)  # type: ignore[misc]
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class _Command(_BareHelp, TyperCommand):
+    pass
+
+
+class _Group(_BareHelp, TyperGroup):
+    pass
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=_Group,
                   help="Fold OOD scoring into a classifier's ONNX graph, calibrate it, run it.")
 _state = {"debug": bool(os.environ.get("EDGEOOD_DEBUG"))}
 
@@ -37,9 +59,10 @@ def _version(value: bool):
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.",
+                                     metavar=""),
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version.")):
+                                       help="Print the version.", metavar="")):
     _state["debug"] = _state["debug"] or debug
 
 
@@ -67,7 +90,7 @@ def command(fn, on: typer.Typer | None = None):
             typer.echo(f"error: {type(exc).__name__}: {msg} (rerun with 'edgeood --debug' for "
                        "the traceback)", err=True)
             raise typer.Exit(1)
-    return (on or app).command()(wrapper)
+    return (on or app).command(cls=_Command)(wrapper)
 
 
 def _print_json(data) -> None:
@@ -533,7 +556,7 @@ def demo(
         _print_json(result)
 
 
-deploy_app = typer.Typer(no_args_is_help=True, help="Serving files from a detector or an "
+deploy_app = typer.Typer(no_args_is_help=True, cls=_Group, help="Serving files from a detector or an "
                          "engine's sidecar: a Triton model repository, a DeepStream config.")
 app.add_typer(deploy_app, name="deploy")
 
@@ -566,6 +589,8 @@ def triton(
                             "config": str(res.config), "model": str(res.model),
                             "input": res.entry})
     typer.echo(f"wrote {res.model_dir} ({res.config.name}, {res.model.relative_to(res.model_dir)})")
+    if quiet:
+        return
     typer.echo(f"next: tritonserver --model-repository {res.repository.resolve()}")
     typer.echo(f"then: python samples/triton_client.py {res.model_dir.name} IMAGES "
                "--url localhost:8000")
@@ -593,6 +618,8 @@ def deepstream(
                             "spec": str(res.spec), "probe": str(res.probe),
                             "properties": res.properties})
     typer.echo(f"wrote {res.config}, {res.model.name}, {res.spec.name}, {res.probe.name}")
+    if quiet:
+        return
     typer.echo(f"next: python3 {res.probe} --config {res.config} --uri file:///path/clip.mp4 "
                "(or --csi, --usb /dev/video0)")
 

@@ -172,3 +172,21 @@ def test_requests_and_configs_are_built_by_keyword_only():
     for cls in (ExportRequest, CalibrationRequest):  # and the language refuses it
         with pytest.raises(TypeError):
             cls(None, 0.95, 32, 0, False)
+
+
+def test_quiet_and_json_are_taken_by_deploy_and_check(digits_detector, tmp_path):
+    """The README's promise: every command takes --json and --quiet (deploy refused -q)."""
+    runner = CliRunner()
+    res = runner.invoke(app, ["deploy", "triton", str(digits_detector.path), "--out",
+                              str(tmp_path / "repo"), "--kind", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "next:" not in res.output
+    assert (tmp_path / "repo").is_dir()
+    loud = runner.invoke(app, ["deploy", "triton", str(digits_detector.path), "--out",
+                               str(tmp_path / "repo2"), "--kind", "cpu"])
+    assert loud.exit_code == 0 and "next: tritonserver" in loud.output
+    res = runner.invoke(app, ["check", str(digits_detector.path), "-q"])
+    assert res.exit_code in (0, 1) and "parser limits" in res.output
+    bad = _cli_error("deploy", "triton", digits_detector.path, "--out", tmp_path / "r3",
+                     "--kind", "tpu")
+    assert bad.startswith("--kind tpu must be one of gpu, cpu, auto")
