@@ -77,6 +77,11 @@ class CalibrationRequest:
     model: Any = None          # the source (save_stage names the output after it without out)
     device: str | None = None  # calibrate on ONNX Runtime's cpu | cuda | tensorrt provider
     scorer: Any = None         # a loaded backend to score with instead (an engine)
+    caller: str = "python"     # "cli": errors name options by their flags
+
+    def spell(self, name: str) -> str:
+        """An option as the caller writes it (`imgsz` or `--imgsz`)."""
+        return f"--{name.replace('_', '-')}" if self.caller == "cli" else name
 
 
 @dataclass(kw_only=True)
@@ -211,7 +216,7 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
         keep_taps=cfg.keep_taps, opset=cfg.opset, seed=cfg.seed, mean=cfg.mean, std=cfg.std,
         logits=cfg.logits, penultimate=cfg.penultimate, data=source, ood_val=ood,
         progress=cfg.progress, monitor=monitor, input=cfg.input, half=bool(cfg.half),
-        int8=bool(cfg.int8), int8_method=cfg.int8_method)
+        int8=bool(cfg.int8), int8_method=cfg.int8_method, caller=cfg.caller)
 
 
 def monitor_options(names: list[str], primary: str, arl=None, delta=None, stride=None,
@@ -261,7 +266,7 @@ def load_stage(state: ExportState) -> ExportState:
             Path(model).name
     elif hasattr(model, "forward") and hasattr(model, "eval"):
         from edgeood.graph.from_torch import export_module
-        shape = _shape_from(req.recipe, req.imgsz, None)
+        shape = _shape_from(req.recipe, req.imgsz, None, req.spell("imgsz"))
         if None in shape:
             raise EdgeoodError("exporting an nn.Module needs the input size: pass imgsz "
                                "(and channels via a recipe, default 3)")
@@ -282,8 +287,9 @@ def prepare_stage(state: ExportState) -> ExportState:
     if req.penultimate or taps_cfg.get("penultimate"):
         state.head.z = resolve(state.graph, req.penultimate or taps_cfg["penultimate"],
                                "penultimate").name
-    state.pre = _preprocess(req.recipe, _shape_from(req.recipe, req.imgsz, input_chw(state.graph)),
-                            req.mean, req.std)
+    flag = req.spell("imgsz")
+    state.pre = _preprocess(req.recipe, _shape_from(req.recipe, req.imgsz, input_chw(state.graph),
+                                                    flag), req.mean, req.std, flag)
     if req.input == "uint8":  # the host path (fitting, calibration) resizes like the graph
         state.pre.resize_rule = HALF_PIXEL_LINEAR
     return state
@@ -503,7 +509,8 @@ def calibrate(detector, cfg: CalibrateConfig) -> ExportResult:
     req = CalibrationRequest(
         model=path, data=source, tpr=tpr, batch=cfg.batch, seed=meta.get("seed", 0)
         if cfg.seed is None else cfg.seed, progress=cfg.progress, monitor=monitor,
-        out=Path(cfg.out) if cfg.out else path, device=cfg.device, scorer=cfg.scorer)
+        out=Path(cfg.out) if cfg.out else path, device=cfg.device, scorer=cfg.scorer,
+        caller=cfg.caller)
     state = ExportState(req, folded=gs.import_onnx(load_model(path)), meta=meta,
                         pre=Preprocess.from_dict(meta["preprocessing"]))
     state = run_stages(state, CALIBRATE_STAGES)
@@ -518,24 +525,25 @@ def _default_out(model) -> Path:
     return Path("detector.onnx")
 
 
-def _shape_from(recipe: Recipe | None, imgsz, graph_chw):
+def _shape_from(recipe: Recipe | None, imgsz, graph_chw, flag: str = "imgsz"):
     """(C, H, W): --imgsz beats the recipe, which beats the graph."""
     c, h, w = graph_chw or (None, None, None)
     rin = recipe.input if recipe else {}
     c = c or rin.get("channels") or 3
-    size = parse_imgsz(imgsz) or (tuple(rin["size"]) if "size" in rin else None)
+    size = parse_imgsz(imgsz, flag) or (tuple(rin["size"]) if "size" in rin else None)
     if size:
         if (h and h != size[0]) or (w and w != size[1]):
-            raise EdgeoodError(f"the model takes {w}x{h} images but --imgsz/recipe asks for "
-                               f"{size[1]}x{size[0]}; drop --imgsz or re-export the model")
+            raise EdgeoodError(f"the model takes {w}x{h} images but {flag}/recipe asks for "
+                               f"{size[1]}x{size[0]}; drop {flag} or re-export the model")
         h, w = size
     return (c, h, w)
 
 
-def _preprocess(recipe: Recipe | None, chw, mean=None, std=None) -> Preprocess:
+def _preprocess(recipe: Recipe | None, chw, mean=None, std=None,
+                flag: str = "imgsz") -> Preprocess:
     c, h, w = chw
     if h is None or w is None:
-        raise EdgeoodError("the model's input size is dynamic; pass --imgsz H,W or a recipe")
+        raise EdgeoodError(f"the model's input size is dynamic; pass {flag} H,W or a recipe")
     rin = recipe.input if recipe else {}
     dm, ds = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
     where = f"recipe {recipe.path}: [input] " if recipe and recipe.path else "recipe [input] "

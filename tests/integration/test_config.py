@@ -190,3 +190,12 @@ def test_quiet_and_json_are_taken_by_deploy_and_check(digits_detector, tmp_path)
     bad = _cli_error("deploy", "triton", digits_detector.path, "--out", tmp_path / "r3",
                      "--kind", "tpu")
     assert bad.startswith("--kind tpu must be one of gpu, cpu, auto")
+
+
+def test_build_options_in_the_callers_vocabulary(digits_detector):
+    """Checked from the table before TensorRT is needed (so also where it is not installed)."""
+    py = _py_error(edgeood.build, digits_detector.path, batch=0)
+    cli = _cli_error("build", digits_detector.path, "--batch", 0)
+    assert py.startswith("batch 0 must be >= 1") and cli.startswith("--batch 0 must be >= 1")
+    py = _py_error(edgeood.build, digits_detector.path, workspace=-1.0)
+    assert py.startswith("workspace -1.0 must be > 0 (GB)")
