@@ -1,5 +1,8 @@
-"""The edgeood command line (typer): export, calibrate, run, eval, inspect, check, profile, demo.
+"""The edgeood command line (typer): export, calibrate, run, eval, inspect, watch, check,
+profile, build, demo, deploy triton|deepstream.
 
+It only parses, calls the API and prints. Every option is a row of edgeood.config.TABLE
+(`opt(COMMAND, name)`), so flags, defaults and help cannot drift from what the API checks.
 Every command has --json (machine-readable output on stdout) and --quiet (no progress bars).
 Errors are one line on stderr and a non-zero exit; `edgeood --debug ...` shows tracebacks.
 """

@@ -151,7 +151,8 @@ def parse_imgsz(imgsz, flag: str = "--imgsz") -> tuple[int, int] | None:
     return (vals[0], vals[-1])
 
 
-def _method_list(names: list[str], recipe: Recipe | None, params, cfg: ExportConfig) -> list[Method]:
+def _method_list(names: list[str], recipe: Recipe | None, params,
+                 cfg: ExportConfig) -> list[Method]:
     given = parse_params(params) if isinstance(params, list) else dict(params or {})
     for key in given:
         if key not in names:

@@ -199,3 +199,20 @@ def test_build_options_in_the_callers_vocabulary(digits_detector):
     assert py.startswith("batch 0 must be >= 1") and cli.startswith("--batch 0 must be >= 1")
     py = _py_error(edgeood.build, digits_detector.path, workspace=-1.0)
     assert py.startswith("workspace -1.0 must be > 0 (GB)")
+
+
+def test_layers_below_the_api_do_not_import_the_config():
+    """edgeood.config sits beside edgeood.api: the layers below receive config objects and
+    import the module for type checking only."""
+    below = ("pipeline", "tools", "deploy", "methods", "graph", "runtime", "tensorrt",
+             "artifact", "stats")
+    for pkg in below:
+        for path in (ROOT / pkg).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            guarded = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(node.test)
+                       for n in ast.walk(node)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and id(node) not in guarded:
+                    assert node.module not in ("edgeood.config", "edgeood.cli.app"), \
+                        f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}"
