@@ -1,5 +1,8 @@
-"""The edgeood command line (typer): export, calibrate, run, eval, inspect, check, profile, demo.
+"""The edgeood command line (typer): export, calibrate, run, eval, inspect, watch, check,
+profile, build, demo, deploy triton|deepstream.
 
+It only parses, calls the API and prints. Every option is a row of edgeood.config.TABLE
+(`opt(COMMAND, name)`), so flags, defaults and help cannot drift from what the API checks.
 Every command has --json (machine-readable output on stdout) and --quiet (no progress bars).
 Errors are one line on stderr and a non-zero exit; `edgeood --debug ...` shows tracebacks.
 """
@@ -13,30 +16,43 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from edgeood.version import __version__
+from edgeood.config import (BUILD, CALIBRATE, CHECK, DEEPSTREAM, DEMO, EVAL, EXPORT, INSPECT,
+                            PROFILE, RUN, TRITON, WATCH, cli_option)
 from edgeood.errors import EdgeoodError
 
+
+
+class _BareHelp:
+    """--help takes no value: show no <bool> beside it (as for every flag of the table)."""
+
+    def get_help_option(self, ctx):
+        opt = super().get_help_option(ctx)  # type: ignore[misc]
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class _Command(_BareHelp, TyperCommand):
+    pass
+
+
+class _Group(_BareHelp, TyperGroup):
+    pass
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=_Group,
                   help="Fold OOD scoring into a classifier's ONNX graph, calibrate it, run it.")
 _state = {"debug": bool(os.environ.get("EDGEOOD_DEBUG"))}
 
-JSON = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")
-BATCH = typer.Option(32, "--batch", help="Images per inference batch.")
-DEVICE = typer.Option(None, "--device", help="ONNX Runtime provider for .onnx detectors: cpu, "
-                      "cuda or tensorrt (default: CUDA where a session gets it, else CPU); "
-                      "engines run on TensorRT.")
-TF32 = typer.Option(False, "--tf32", help="Allow TF32 on the GPU (off: float32 stays float32).")
-CUDA_GRAPH = typer.Option(False, "--cuda-graph", help="Replay one captured CUDA graph (fixed "
-                          "shapes: batches padded to --batch).")
-ARL = typer.Option(None, "--arl", help="Stream alarm level A: mean sampled frames between false "
-                   "alarms (default 10000; calibrate: kept).")
-DELTA = typer.Option(None, "--delta", help="Stream monitor: chance that the reference set breaks "
-                     "the guarantee (default 0.01).")
-STRIDE = typer.Option(None, "--stride", help="Stream monitor: use every k-th frame (default 1).")
-MONITOR_METHODS = typer.Option(None, "--monitor-methods", help="Methods the stream monitor bets "
-                               "on, comma-separated or 'all' (default: the primary).")
+
+
+def opt(command: str, name: str):
+    """The typer option of a row of the options table (edgeood.config.TABLE)."""
+    return cli_option(command, name)
 
 
 def _version(value: bool):
@@ -46,9 +62,10 @@ def _version(value: bool):
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.",
+                                     metavar=""),
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version.")):
+                                       help="Print the version.", metavar="")):
     _state["debug"] = _state["debug"] or debug
 
 
@@ -76,7 +93,7 @@ def command(fn, on: typer.Typer | None = None):
             typer.echo(f"error: {type(exc).__name__}: {msg} (rerun with 'edgeood --debug' for "
                        "the traceback)", err=True)
             raise typer.Exit(1)
-    return (on or app).command()(wrapper)
+    return (on or app).command(cls=_Command)(wrapper)
 
 
 def _print_json(data) -> None:
@@ -121,55 +138,42 @@ def _print_details(meta: dict) -> None:
 @command
 def export(
     model: Path = typer.Argument(..., help="The classifier: an .onnx file."),
-    data: Optional[Path] = typer.Option(None, "--data", help="ID images: folder, .npy or .npz."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods."),
-    primary: Optional[str] = typer.Option(None, "--primary", help="Method behind is_ood."),
-    tpr: float = typer.Option(0.95, "--tpr", help="ID acceptance rate at the threshold."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe name or .toml path."),
-    imgsz: Optional[str] = typer.Option(None, "--imgsz", help="Input size: S or H,W."),
-    batch: int = BATCH,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Detector path."),
-    keep_taps: bool = typer.Option(False, "--keep-taps", help="Also output tapped tensors."),
-    param: Optional[List[str]] = typer.Option(None, "--param", help="METHOD.NAME=VALUE."),
-    opset: int = typer.Option(17, "--opset", help="Opset for exporting nn.Modules."),
-    seed: int = typer.Option(0, "--seed", help="Seed for jigsaw images and subsampling."),
-    logits: Optional[str] = typer.Option(None, "--logits", help="Logits tensor name."),
-    penultimate: Optional[str] = typer.Option(None, "--penultimate", help="Feature tensor name."),
-    tune: bool = typer.Option(False, "--tune",
-                              help="Search the tune space of the methods that have one "
-                                   "(AdaSCALE's p_max) against jigsaw images or --ood-val."),
-    ood_val: Optional[Path] = typer.Option(None, "--ood-val", "--tune-ood",
-                                           help="OOD validation images (tuning, GROOD/layer "
-                                                "energy's OOD side)."),
-    arl: Optional[float] = ARL, delta: Optional[float] = DELTA, stride: Optional[int] = STRIDE,
-    stream_monitor: bool = typer.Option(False, "--stream-monitor",
-                                        help="Fold the stream alarm into the graph as state "
-                                             "tensors (Triton / DeepStream): input "
-                                             "monitor_state, outputs monitor_state_out and "
-                                             "stream_alarm."),
-    monitor_methods: Optional[str] = MONITOR_METHODS,
-    input_kind: str = typer.Option("float", "--input",
-                                   help="float (N x C x H x W, preprocessed) or uint8: also the "
-                                        "input 'image', camera frames N x H x W x C that the "
-                                        "graph casts, resizes, normalises and transposes."),
-    half: bool = typer.Option(False, "--half", help="float16 backbone, float32 heads (Casts "
-                              "at the taps); statistics and thresholds fitted on it."),
-    int8: bool = typer.Option(False, "--int8", help="int8 Q/DQ backbone calibrated on --data "
-                              "(>= 300 images), float32 heads."),
-    int8_method: str = typer.Option("percentile", "--int8-method",
-                                    help="int8 activation ranges: percentile (99.999, "
-                                         "default), minmax or entropy."),
-    as_json: bool = JSON, quiet: bool = QUIET,
+    data: Optional[Path] = opt(EXPORT, "data"),
+    methods: Optional[str] = opt(EXPORT, "methods"),
+    primary: Optional[str] = opt(EXPORT, "primary"),
+    tpr: float = opt(EXPORT, "tpr"),
+    recipe: Optional[str] = opt(EXPORT, "recipe"),
+    imgsz: Optional[str] = opt(EXPORT, "imgsz"),
+    batch: int = opt(EXPORT, "batch"),
+    out: Optional[Path] = opt(EXPORT, "out"),
+    keep_taps: bool = opt(EXPORT, "keep_taps"),
+    params: Optional[List[str]] = opt(EXPORT, "params"),
+    opset: int = opt(EXPORT, "opset"),
+    seed: int = opt(EXPORT, "seed"),
+    logits: Optional[str] = opt(EXPORT, "logits"),
+    penultimate: Optional[str] = opt(EXPORT, "penultimate"),
+    tune: bool = opt(EXPORT, "tune"),
+    ood_val: Optional[Path] = opt(EXPORT, "ood_val"),
+    arl: Optional[float] = opt(EXPORT, "arl"),
+    delta: Optional[float] = opt(EXPORT, "delta"),
+    stride: Optional[int] = opt(EXPORT, "stride"),
+    stream_monitor: bool = opt(EXPORT, "stream_monitor"),
+    monitor_methods: Optional[str] = opt(EXPORT, "monitor_methods"),
+    input: str = opt(EXPORT, "input"),
+    half: bool = opt(EXPORT, "half"),
+    int8: bool = opt(EXPORT, "int8"),
+    int8_method: str = opt(EXPORT, "int8_method"),
+    as_json: bool = opt(EXPORT, "as_json"), quiet: bool = opt(EXPORT, "quiet"),
 ):
     """Fold OOD scoring into MODEL and calibrate it on ID images."""
     from edgeood.api import export as run_export
-    res = run_export(str(model), data=str(data) if data else None, methods=methods,
-                     primary=primary, tpr=tpr, recipe=recipe, imgsz=imgsz, batch=batch, out=out,
-                     keep_taps=keep_taps, params=list(param or []), opset=opset, seed=seed,
-                     logits=logits, penultimate=penultimate, tune=tune,
+    res = run_export(str(model), caller="cli", data=str(data) if data else None,
+                     methods=methods, primary=primary, tpr=tpr, recipe=recipe, imgsz=imgsz,
+                     batch=batch, out=out, keep_taps=keep_taps, params=list(params or []),
+                     opset=opset, seed=seed, logits=logits, penultimate=penultimate, tune=tune,
                      ood_val=str(ood_val) if ood_val else None, progress=not (quiet or as_json),
                      arl=arl, delta=delta, stride=stride, stream_monitor=stream_monitor,
-                     monitor_methods=monitor_methods, input=input_kind, half=half, int8=int8,
+                     monitor_methods=monitor_methods, input=input, half=half, int8=int8,
                      int8_method=int8_method)
     if as_json:
         return _print_json({"path": str(res.path), "metadata": res.metadata})
@@ -187,22 +191,22 @@ def export(
 @command
 def calibrate(
     detector: Path = typer.Argument(..., help="A detector written by edgeood export."),
-    data: Path = typer.Option(..., "--data", help="ID images: folder, .npy or .npz."),
-    tpr: Optional[float] = typer.Option(None, "--tpr", help="ID acceptance rate (default: kept)."),
-    batch: int = BATCH,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of in place."),
-    arl: Optional[float] = ARL, delta: Optional[float] = DELTA, stride: Optional[int] = STRIDE,
-    stream_monitor: Optional[bool] = typer.Option(None, "--stream-monitor/--no-stream-monitor",
-                                                  help="Fold the stream alarm into the graph "
-                                                       "(default: as before)."),
-    monitor_methods: Optional[str] = MONITOR_METHODS,
-    device: Optional[str] = DEVICE,
-    as_json: bool = JSON, quiet: bool = QUIET,
+    data: Path = opt(CALIBRATE, "data"),
+    tpr: Optional[float] = opt(CALIBRATE, "tpr"),
+    batch: int = opt(CALIBRATE, "batch"),
+    out: Optional[Path] = opt(CALIBRATE, "out"),
+    arl: Optional[float] = opt(CALIBRATE, "arl"),
+    delta: Optional[float] = opt(CALIBRATE, "delta"),
+    stride: Optional[int] = opt(CALIBRATE, "stride"),
+    stream_monitor: Optional[bool] = opt(CALIBRATE, "stream_monitor"),
+    monitor_methods: Optional[str] = opt(CALIBRATE, "monitor_methods"),
+    device: Optional[str] = opt(CALIBRATE, "device"),
+    as_json: bool = opt(CALIBRATE, "as_json"), quiet: bool = opt(CALIBRATE, "quiet"),
 ):
     """Re-fit thresholds and p-value references of DETECTOR on new ID images (on the target
     itself: --device cuda, or an engine, which is then rebuilt)."""
     from edgeood.api import calibrate as run_calibrate
-    res = run_calibrate(detector, str(data), tpr=tpr, batch=batch, out=out,
+    res = run_calibrate(detector, str(data), caller="cli", tpr=tpr, batch=batch, out=out,
                         progress=not (quiet or as_json), arl=arl, delta=delta, stride=stride,
                         stream_monitor=stream_monitor, monitor_methods=monitor_methods,
                         device=device)
@@ -218,8 +222,9 @@ def calibrate(
 def run(
     detector: Path = typer.Argument(..., help="A detector (.onnx) or an engine with its sidecar."),
     source: Path = typer.Argument(..., help="An image, a folder of images, or a .npy/.npz."),
-    batch: int = BATCH, device: Optional[str] = DEVICE, tf32: bool = TF32,
-    cuda_graph: bool = CUDA_GRAPH, as_json: bool = JSON, quiet: bool = QUIET,
+    batch: int = opt(RUN, "batch"), device: Optional[str] = opt(RUN, "device"),
+    tf32: bool = opt(RUN, "tf32"), cuda_graph: bool = opt(RUN, "cuda_graph"),
+    as_json: bool = opt(RUN, "as_json"), quiet: bool = opt(RUN, "quiet"),
 ):
     """Classify SOURCE and flag OOD images."""
     from edgeood.data import open_source
@@ -249,12 +254,11 @@ def run(
 def eval(  # noqa: A001 - the command is called eval
     detector: List[Path] = typer.Argument(..., help="One or more detectors (.onnx), e.g. the "
                                           "float32, float16 and int8 exports of one model."),
-    id_data: Path = typer.Option(..., "--id", help="ID test images."),
-    ood: List[Path] = typer.Option(..., "--ood", help="OOD images (repeat for several sets)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write PNG score histograms and "
-                                        "ROC curves (and a per-precision overlay) here."),
-    batch: int = BATCH, device: Optional[str] = DEVICE, as_json: bool = JSON,
-    quiet: bool = QUIET,
+    id_data: Path = opt(EVAL, "id_data"),
+    ood: List[Path] = opt(EVAL, "ood"),
+    plot: Optional[Path] = opt(EVAL, "plot"),
+    batch: int = opt(EVAL, "batch"), device: Optional[str] = opt(EVAL, "device"),
+    as_json: bool = opt(EVAL, "as_json"), quiet: bool = opt(EVAL, "quiet"),
 ):
     """AUROC, FPR@95TPR, AUPR-in/out per method and OOD set, and the ID false-alarm rate; with
     several detectors side by side (drift against the first) at each one's own threshold."""
@@ -324,41 +328,19 @@ def print_report(report: dict) -> None:
 @command
 def inspect(
     detector: Path = typer.Argument(..., help="A detector (.onnx) or an engine with sidecar."),
-    fps: float = typer.Option(30.0, "--fps", help="Frame rate for the stream monitor's mean "
-                              "time between false alarms."),
-    as_json: bool = JSON,
+    fps: float = opt(INSPECT, "fps"),
+    as_json: bool = opt(INSPECT, "as_json"), quiet: bool = opt(INSPECT, "quiet"),
 ):
     """Show a detector's metadata, outputs and sizes."""
-    from edgeood.tools.inspect import describe, monitor_lines
+    from edgeood.tools.inspect import describe, header_lines, monitor_lines
     info = describe(detector, fps)
     if as_json:
         return _print_json(info)
     meta = info["metadata"]
-    eng = meta.get("engine")
-    if eng:  # a TensorRT engine: what its sidecar says
-        typer.echo(f"{detector}: TensorRT {eng['tensorrt_version']} plan, "
-                   f"{info['file_bytes'] / 1e6:.2f} MB, {eng['gpu']['name']} (compute "
-                   f"capability {eng['gpu']['compute_capability']}), {eng['device']}, "
-                   f"{eng['precision']}, built from {eng['source']['name']}")
-    else:
-        typer.echo(f"{detector}: {info['file_bytes'] / 1e6:.2f} MB, "
-                   f"{info['constant_bytes'] / 1e6:.2f} MB of constants "
-                   f"({info['head_constant_bytes'] / 1e3:.1f} kB in scoring heads)")
-    typer.echo(f"input {meta['input']['name']} {meta['input']['shape']}, preprocessing "
-               f"mean {meta['preprocessing']['mean']} std {meta['preprocessing']['std']} "
-               f"size {meta['preprocessing']['size']} {meta['preprocessing']['color']}")
-    outputs = [t for t in eng["io"] if t["mode"] == "output"] if eng else info["outputs"]
-    typer.echo("outputs: " + ", ".join(f"{o['name']}{o['shape']}" for o in outputs))
-    target = (meta.get("calibration") or {}).get("target")
-    if target:
-        from edgeood.runtime.backend import describe_target
-        typer.echo(f"calibration target: {describe_target(target)}")
-    for name, d in meta["methods"].items():
-        for w in d.get("warnings", []):
-            typer.echo(f"warning: {w}")
-    cal = meta.get("calibration")
-    typer.echo(f"calibration: {cal['count']} images (hash {cal['hash']}), tpr {meta['tpr']}"
-               if cal else "calibration: none (run edgeood calibrate)")
+    for line in header_lines(detector, info):
+        typer.echo(line)
+    if quiet:
+        return
     _table("methods", ["method (* = primary)", "threshold", "fitted"], _method_rows(meta))
     _print_details(meta)
     for line in monitor_lines(meta, fps):
@@ -370,95 +352,63 @@ def watch(
     detector: Path = typer.Argument(..., help="A detector (.onnx)."),
     source: str = typer.Argument(..., help="A video file or camera index (OpenCV), a folder "
                                  "of images (name order), or a .npy/.npz of frames."),
-    arl: Optional[float] = typer.Option(None, "--arl", help="Alarm level A (default: the "
-                                        "detector's)."),
-    delta: Optional[float] = typer.Option(None, "--delta", help="Default: the detector's."),
-    stride: Optional[int] = typer.Option(None, "--stride", help="Use every k-th frame "
-                                         "(default: the detector's)."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Methods to bet on, "
-                                          "comma-separated or 'all' (default: the detector's)."),
-    rearm: bool = typer.Option(False, "--rearm", help="Restart the statistic after an alarm "
-                               "instead of holding it."),
-    state: Optional[Path] = typer.Option(None, "--state", help="JSON file: continue the "
-                                         "stream saved there (its settings win), save it at "
-                                         "the end."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
-    fps: float = typer.Option(30.0, "--fps", help="Frame rate, for the mean time between "
-                              "false alarms in the summary."),
-    fail_on_alarm: bool = typer.Option(False, "--fail-on-alarm", help="Exit 3 when the alarm "
-                                       "rang."),
-    batch: int = BATCH, as_json: bool = JSON, quiet: bool = QUIET,
+    arl: Optional[float] = opt(WATCH, "arl"),
+    delta: Optional[float] = opt(WATCH, "delta"),
+    stride: Optional[int] = opt(WATCH, "stride"),
+    methods: Optional[str] = opt(WATCH, "methods"),
+    rearm: bool = opt(WATCH, "rearm"),
+    state: Optional[Path] = opt(WATCH, "state"),
+    max_frames: Optional[int] = opt(WATCH, "max_frames"),
+    fps: float = opt(WATCH, "fps"),
+    fail_on_alarm: bool = opt(WATCH, "fail_on_alarm"),
+    batch: int = opt(WATCH, "batch"),
+    as_json: bool = opt(WATCH, "as_json"), quiet: bool = opt(WATCH, "quiet"),
 ):
     """Stream-level shift alarm over SOURCE: a live status line (frame, statistic, alarm), or
     --json lines per frame."""
     import time
+    from edgeood.config import WatchConfig
     from edgeood.runtime import load
-    from edgeood.stats.monitor import StreamMonitor, human_duration
-    from edgeood.tools.watch import watch as run_watch
+    from edgeood.tools import watch as w
+    cfg = WatchConfig.from_kwargs("cli", arl=arl, delta=delta, stride=stride, methods=methods,
+                                  rearm=rearm, state=state, max_frames=max_frames, fps=fps,
+                                  fail_on_alarm=fail_on_alarm, batch=batch)
     det = load(detector)
-    if state is not None and state.is_file():
-        try:
-            saved = json.loads(state.read_text())
-        except ValueError:
-            raise EdgeoodError(f"{state} is not a JSON monitor state; delete it to start a "
-                               "fresh stream") from None
-        monitor = StreamMonitor.from_dict(saved, detector=det)
-    else:
-        monitor = StreamMonitor.from_detector(det, arl, delta, stride, methods, rearm)
+    monitor = w.open_monitor(det, cfg.state, cfg.arl, cfg.delta, cfg.stride, cfg.methods,
+                             cfg.rearm)
     live = not (as_json or quiet) and sys.stderr.isatty()
     last, frame = 0.0, None
     try:
-        for frame in run_watch(det, monitor, source, batch, max_frames):
+        for frame in w.watch(det, monitor, source, cfg.batch, cfg.max_frames):
             if as_json:
                 typer.echo(json.dumps(frame.to_dict()))
                 continue
             if frame.rang and not quiet:
                 if live:
                     sys.stderr.write("\n")
-                typer.echo(f"ALARM at frame {frame.frame} ({frame.source}): statistic "
-                           f"{frame.statistic:.4g} >= A = {monitor.arl:g}; the stream has left "
-                           "the ID distribution")
+                typer.echo(w.alarm_line(frame, monitor.arl))
             if live and (time.monotonic() - last > 0.1 or frame.rang):
                 last = time.monotonic()
-                sys.stderr.write(f"\rframe {frame.frame}  statistic {frame.statistic:10.4g} / "
-                                 f"{monitor.arl:g}  alarm {'YES' if frame.alarm else 'no '}  "
-                                 f"frame {'OOD' if frame.is_ood else 'ok '}")
+                sys.stderr.write(w.status_line(frame, monitor.arl))
                 sys.stderr.flush()
     except KeyboardInterrupt:
         pass
     if live:
         sys.stderr.write("\n")
-    if state is not None:
-        from edgeood.artifact.metadata import dumps
-        tmp = state.with_name(state.name + ".tmp")
-        tmp.write_text(dumps(monitor.to_dict()))
-        os.replace(tmp, state)
-    summary = {"frames": monitor.frames, "sampled": monitor.sampled, "alarm": monitor.alarm,
-               "alarms": monitor.alarms, "alarm_frame": monitor.alarm_frame,
-               "statistic": monitor.statistic, "max_statistic": monitor.max_statistic,
-               "arl": monitor.arl, "stride": monitor.stride, "methods": monitor.methods}
+    w.save_state(monitor, cfg.state)
     if as_json:
-        typer.echo(json.dumps({"summary": summary}))
+        typer.echo(json.dumps({"summary": w.summary(monitor)}))
     elif not quiet or monitor.alarms:
-        mtbf = human_duration(monitor.mean_time_to_false_alarm(fps))
-        typer.echo(f"{monitor.frames} frames ({monitor.sampled} sampled, stride "
-                   f"{monitor.stride}), {', '.join(monitor.methods)}: " +
-                   (f"alarm at frame {monitor.alarm_frame}" + (f" ({monitor.alarms} alarms)"
-                                                               if monitor.alarms > 1 else "")
-                    if monitor.alarms else f"no alarm (largest statistic "
-                    f"{monitor.max_statistic:.3g} < A = {monitor.arl:g})") +
-                   f"; mean time between false alarms >= {mtbf} at {fps:g} fps")
-    if fail_on_alarm and monitor.alarms:
+        typer.echo(w.summary_line(monitor, cfg.fps))
+    if cfg.fail_on_alarm and monitor.alarms:
         raise typer.Exit(3)
 
 
 @command
 def check(
     model: Path = typer.Argument(..., help="An ONNX model or detector."),
-    target: Optional[str] = typer.Option(None, "--target", help="A TensorRT version's parser: "
-                                         "trt8.6, trt10 or trt11 (opset range, Q/DQ forms, "
-                                         "INT64, strongly typed rules)."),
-    as_json: bool = JSON,
+    target: Optional[str] = opt(CHECK, "target"),
+    as_json: bool = opt(CHECK, "as_json"), quiet: bool = opt(CHECK, "quiet"),
 ):
     """Check a graph against TensorRT's ONNX parser limits (exit 1 when something fails)."""
     from edgeood.graph.model import load_model
@@ -478,7 +428,7 @@ def check(
     else:
         for p in problems:
             typer.echo(f"- {p}")
-        for n in notes:
+        for n in ([] if quiet else notes):
             typer.echo(f"note: {n}")
         where = f"{target}'s" if target else "TensorRT's"
         typer.echo(f"{model}: {'within' if not problems else 'outside'} {where} parser limits")
@@ -489,23 +439,27 @@ def check(
 @command
 def profile(
     model: Path = typer.Argument(..., help="A model or detector (.onnx)."),
-    batch: int = typer.Option(1, "--batch", help="Batch size."),
-    warmup: int = typer.Option(10, "--warmup", help="Untimed runs first."),
-    iterations: int = typer.Option(100, "--iterations", help="Timed runs."),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="Input size for dynamic models."),
-    percentile: Optional[List[float]] = typer.Option(None, "--percentile",
-                                                     help="Extra latency percentiles."),
-    device: Optional[str] = DEVICE, tf32: bool = TF32, cuda_graph: bool = CUDA_GRAPH,
-    layers: int = typer.Option(0, "--layers", help="TensorRT engines: show the N slowest "
-                               "layers (TensorRT's profiler)."),
-    as_json: bool = JSON,
+    batch: int = opt(PROFILE, "batch"),
+    warmup: int = opt(PROFILE, "warmup"),
+    iterations: int = opt(PROFILE, "iterations"),
+    imgsz: Optional[int] = opt(PROFILE, "imgsz"),
+    percentile: Optional[List[float]] = opt(PROFILE, "percentile"),
+    device: Optional[str] = opt(PROFILE, "device"), tf32: bool = opt(PROFILE, "tf32"),
+    cuda_graph: bool = opt(PROFILE, "cuda_graph"),
+    layers: int = opt(PROFILE, "layers"),
+    as_json: bool = opt(PROFILE, "as_json"), quiet: bool = opt(PROFILE, "quiet"),
 ):
     """Latency percentiles and throughput (ONNX Runtime or a TensorRT engine), with the
     PRE / NET / POST breakdown for detectors."""
+    from edgeood.config import ProfileConfig
     from edgeood.tools.profile import profile as run_profile
-    pcts = sorted({50.0, 90.0, 99.0, *(percentile or [])})
-    res = run_profile(model, batch, warmup, iterations, imgsz, pcts, device=device, tf32=tf32,
-                      cuda_graph=cuda_graph, layers=layers)
+    cfg = ProfileConfig.from_kwargs("cli", batch=batch, warmup=warmup, iterations=iterations,
+                                    imgsz=imgsz, percentile=percentile, device=device,
+                                    tf32=tf32, cuda_graph=cuda_graph, layers=layers)
+    pcts = sorted({50.0, 90.0, 99.0, *(cfg.percentile or [])})
+    res = run_profile(model, cfg.batch, cfg.warmup, cfg.iterations, cfg.imgsz, pcts,
+                      device=cfg.device, tf32=cfg.tf32, cuda_graph=cfg.cuda_graph,
+                      layers=cfg.layers)
     if as_json:
         return _print_json(res)
     lat = res["latency_ms"]
@@ -513,6 +467,8 @@ def profile(
                ", ".join(f"p{p:g} {lat[f'p{p:g}']:.2f} ms" for p in pcts) +
                f", mean {lat['mean']:.2f} ms, {res['throughput_ips']:.1f} images/s")
     stages = res.get("stages")
+    if quiet:
+        return
     if stages:
         _table(f"PRE / NET / POST per batch of {batch} ({stages['frames']} frames; "
                f"{res['runs_on']})", ["stage", *[f"p{p:g} ms" for p in pcts], "mean ms"],
@@ -528,60 +484,39 @@ def profile(
 @command
 def build(
     detector: Path = typer.Argument(..., help="A detector (.onnx) written by edgeood export."),
-    half: bool = typer.Option(False, "--half", help="float16: a --half detector builds "
-                              "strongly typed; on a float32 one TensorRT 10's FP16 flag "
-                              "(scoring head kept float32)."),
-    int8: bool = typer.Option(False, "--int8", help="int8 from the detector's Q/DQ nodes "
-                              "(export with --int8 first)."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Batch of the engine (the "
-                                        "maximum with --dynamic; default: the detector's, or 1)."),
-    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch: optimization profile "
-                                 "min 1, opt = max = --batch."),
-    workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace "
-                                              "limit in GB (default: TensorRT's)."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file "
-                                                "(one per TensorRT version: .trt<ver> is added)."),
-    device: str = typer.Option("gpu", "--device", help="gpu, or dla:N (Jetson DLA core N, GPU "
-                               "fallback)."),
-    tf32: bool = TF32,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Engine path (default "
-                                       "<stem>.b<batch>.trt<ver>.<gpu|dla0>.<precision>.engine)."),
-    print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the same build as a "
-                                       "trtexec command line, and build nothing."),
-    trt_version: Optional[str] = typer.Option(None, "--trt-version", help="With --print-trtexec "
-                                              "where TensorRT is not installed: the version to "
-                                              "build for (e.g. 10.3 on JetPack 6)."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even when a matching engine "
-                               "exists."),
-    input_: Optional[str] = typer.Option(None, "--input", help="uint8: an engine fed camera "
-                                         "frames (N x H x W x C; preprocessing in the graph, "
-                                         "added if the detector lacks it); float: the "
-                                         "preprocessed input only. Writes that single-entry "
-                                         "detector beside DETECTOR and builds it."),
-    as_json: bool = JSON,
+    half: bool = opt(BUILD, "half"),
+    int8: bool = opt(BUILD, "int8"),
+    batch: Optional[int] = opt(BUILD, "batch"),
+    dynamic: bool = opt(BUILD, "dynamic"),
+    workspace: Optional[float] = opt(BUILD, "workspace"),
+    timing_cache: Optional[Path] = opt(BUILD, "timing_cache"),
+    device: str = opt(BUILD, "device"),
+    tf32: bool = opt(BUILD, "tf32"),
+    out: Optional[Path] = opt(BUILD, "out"),
+    print_trtexec: bool = opt(BUILD, "print_trtexec"),
+    trt_version: Optional[str] = opt(BUILD, "trt_version"),
+    force: bool = opt(BUILD, "force"),
+    input: Optional[str] = opt(BUILD, "input"),
+    as_json: bool = opt(BUILD, "as_json"), quiet: bool = opt(BUILD, "quiet"),
 ):
     """A TensorRT engine (plain plan that trtexec, DeepStream and Triton load) + <engine>.json."""
-    if input_ is not None:
+    from edgeood.api import build_config, validate_build
+    from edgeood.config import BuildConfig, check_value
+    from edgeood.tensorrt.versions import features_for
+    cfg = BuildConfig.from_kwargs("cli", half=half, int8=int8, batch=batch, dynamic=dynamic,
+                                  workspace=workspace, timing_cache=timing_cache, device=device,
+                                  out=out, tf32=tf32, force=force)
+    if input is not None:
         from edgeood.graph.preprocess import build_entry
-        detector = build_entry(detector, input_, detector.with_name(
-            f"{detector.name.removesuffix('.onnx')}.{input_}.onnx"))
-        typer.echo(f"wrote the {input_}-entry detector {detector}", err=True)
-    from edgeood.tensorrt.builder import (TrtFeatures, build_engine, installed_features, trtexec_line,
-                                validate_build)
-    features = installed_features()
-    if trt_version is not None:
-        if features is not None and not print_trtexec:
-            raise EdgeoodError("--trt-version names the TensorRT of another machine and goes "
-                               "with --print-trtexec; this build uses the installed TensorRT "
-                               f"{features.version}")
-        features = TrtFeatures.assumed(trt_version)
-    if features is None and print_trtexec:
-        raise EdgeoodError("TensorRT is not installed here: pass --trt-version (e.g. 10.3 for "
-                           "JetPack 6) to print the trtexec command for that version")
-    req = validate_build(detector, half, int8, batch, dynamic, workspace, timing_cache, device,
-                         out, tf32, features)
+        check_value(BUILD, "input", input, "cli")
+        detector = build_entry(detector, input, detector.with_name(
+            f"{detector.name.removesuffix('.onnx')}.{input}.onnx"))
+        typer.echo(f"wrote the {input}-entry detector {detector}", err=True)
+    features = features_for(trt_version, print_trtexec)
     if print_trtexec:
+        from edgeood.tensorrt.builder import trtexec_line
         from edgeood.tensorrt.rewrite import write_tensorrt_ready
+        req = validate_build(detector, cfg, features)
         source = write_tensorrt_ready(req.detector)
         if source != req.detector:
             typer.echo(f"wrote {source}: the detector with log-sum-exp max-shifted, as "
@@ -594,7 +529,7 @@ def build(
         typer.echo("# trtexec writes the plan only; edgeood.load needs the sidecar that "
                    "edgeood build writes (DeepStream and Triton need the plan only)", err=True)
         return
-    res = build_engine(req, log=lambda line: typer.echo(line, err=True), force=force)
+    res = build_config(detector, cfg, features, log=lambda line: typer.echo(line, err=True))
     if as_json:
         return _print_json({"path": str(res.path), "reused": res.reused,
                             "gpu_fallback_layers": res.gpu_fallback,
@@ -603,16 +538,17 @@ def build(
     typer.echo(f"{'reused' if res.reused else 'wrote'} {res.path} (TensorRT "
                f"{eng['tensorrt_version']}, {eng['gpu']['name']}, {eng['device']}, "
                f"{eng['precision']}{'' if res.reused else f', {res.seconds:.0f} s'})")
-    typer.echo(f"next: edgeood profile {res.path} --batch {req.options.max_batch}")
+    if not quiet:
+        top = eng["build_options"]["max_batch"]
+        typer.echo(f"next: edgeood profile {res.path} --batch {top}")
 
 
 @command
 def demo(
-    out: Path = typer.Option(Path("edgeood_demo"), "--out", "-o", help="Output folder."),
-    skip_lite0: bool = typer.Option(False, "--skip-lite0", help="Only the digits benchmark."),
-    retrain: bool = typer.Option(False, "--retrain", help="Train the digits CNN here (needs "
-                                 "torch; numbers differ from the README's shipped model)."),
-    as_json: bool = JSON, quiet: bool = QUIET,
+    out: Path = opt(DEMO, "out"),
+    skip_lite0: bool = opt(DEMO, "skip_lite0"),
+    retrain: bool = opt(DEMO, "retrain"),
+    as_json: bool = opt(DEMO, "as_json"), quiet: bool = opt(DEMO, "quiet"),
 ):
     """The embedded benchmark: digits CNN with every method, then EfficientNet-Lite0."""
     from edgeood.zoo.demo import run_demo
@@ -623,11 +559,9 @@ def demo(
         _print_json(result)
 
 
-deploy_app = typer.Typer(no_args_is_help=True, help="Serving files from a detector or an "
+deploy_app = typer.Typer(no_args_is_help=True, cls=_Group, help="Serving files from a detector or an "
                          "engine's sidecar: a Triton model repository, a DeepStream config.")
 app.add_typer(deploy_app, name="deploy")
-ENTRY = typer.Option(None, "--input", help="The input served: image (uint8 frames; the default "
-                     "when the detector has it) or float.")
 
 
 def deploy_command(fn):
@@ -638,23 +572,28 @@ def deploy_command(fn):
 def triton(
     detector: Path = typer.Argument(..., help="A detector (.onnx) or an engine (.engine/.plan) "
                                     "with its .json sidecar."),
-    out: Path = typer.Option(..., "--out", "-o", help="The model repository folder."),
-    name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the file's)."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="max_batch_size (dynamic "
-                                        "batching; default 8, an engine's profile maximum)."),
-    entry: Optional[str] = ENTRY,
-    kind: str = typer.Option("gpu", "--kind", help="Instance group kind: gpu, cpu or auto."),
-    instances: int = typer.Option(1, "--instances", help="Model instances."),
-    as_json: bool = JSON,
+    out: Path = opt(TRITON, "out"),
+    name: Optional[str] = opt(TRITON, "name"),
+    batch: Optional[int] = opt(TRITON, "batch"),
+    input: Optional[str] = opt(TRITON, "input"),
+    kind: str = opt(TRITON, "kind"),
+    instances: int = opt(TRITON, "instances"),
+    as_json: bool = opt(TRITON, "as_json"), quiet: bool = opt(TRITON, "quiet"),
 ):
     """A Triton model repository: REPO/NAME/config.pbtxt and 1/model.onnx or 1/model.plan."""
+    from edgeood.config import TritonConfig
     from edgeood.deploy.triton import triton_repository
-    res = triton_repository(detector, out, name, batch, entry, kind, instances)
+    cfg = TritonConfig.from_kwargs("cli", out=out, name=name, batch=batch, input=input,
+                                   kind=kind, instances=instances)
+    res = triton_repository(detector, cfg.out, cfg.name, cfg.batch, cfg.input, cfg.kind,
+                            cfg.instances)
     if as_json:
         return _print_json({"repository": str(res.repository), "model_dir": str(res.model_dir),
                             "config": str(res.config), "model": str(res.model),
                             "input": res.entry})
     typer.echo(f"wrote {res.model_dir} ({res.config.name}, {res.model.relative_to(res.model_dir)})")
+    if quiet:
+        return
     typer.echo(f"next: tritonserver --model-repository {res.repository.resolve()}")
     typer.echo(f"then: python samples/triton_client.py {res.model_dir.name} IMAGES "
                "--url localhost:8000")
@@ -664,23 +603,26 @@ def triton(
 def deepstream(
     detector: Path = typer.Argument(..., help="A detector (.onnx) or an engine (.engine/.plan) "
                                     "with its .json sidecar."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the config, model and probe."),
-    batch: int = typer.Option(1, "--batch", help="nvinfer batch-size."),
-    half: bool = typer.Option(False, "--half", help="network-mode=2: nvinfer builds FP16 (the "
-                              "thresholds were calibrated in float32)."),
-    device: int = typer.Option(0, "--device", help="gpu-id."),
-    name: Optional[str] = typer.Option(None, "--name", help="File name stem (default: the "
-                                       "detector's)."),
-    as_json: bool = JSON,
+    out: Path = opt(DEEPSTREAM, "out"),
+    batch: int = opt(DEEPSTREAM, "batch"),
+    half: bool = opt(DEEPSTREAM, "half"),
+    device: int = opt(DEEPSTREAM, "device"),
+    name: Optional[str] = opt(DEEPSTREAM, "name"),
+    as_json: bool = opt(DEEPSTREAM, "as_json"), quiet: bool = opt(DEEPSTREAM, "quiet"),
 ):
     """A DeepStream nvinfer config (network-type=100, output-tensor-meta=1) and a probe app."""
+    from edgeood.config import DeepStreamConfig
     from edgeood.deploy.deepstream import deepstream_config
-    res = deepstream_config(detector, out, batch, half, device, name)
+    cfg = DeepStreamConfig.from_kwargs("cli", out=out, batch=batch, half=half, device=device,
+                                       name=name)
+    res = deepstream_config(detector, cfg.out, cfg.batch, cfg.half, cfg.device, cfg.name)
     if as_json:
         return _print_json({"config": str(res.config), "model": str(res.model),
                             "spec": str(res.spec), "probe": str(res.probe),
                             "properties": res.properties})
     typer.echo(f"wrote {res.config}, {res.model.name}, {res.spec.name}, {res.probe.name}")
+    if quiet:
+        return
     typer.echo(f"next: python3 {res.probe} --config {res.config} --uri file:///path/clip.mp4 "
                "(or --csi, --usb /dev/video0)")
 

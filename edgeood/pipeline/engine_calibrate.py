@@ -8,9 +8,14 @@ its target (tensorrt, gpu|dlaN, precision).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeood.errors import EdgeoodError
+
+if TYPE_CHECKING:  # built by edgeood.api from keyword arguments
+    from edgeood.config import CalibrateConfig
 
 
 def source_of(engine: Path, section: dict) -> Path:
@@ -28,9 +33,9 @@ def source_of(engine: Path, section: dict) -> Path:
     return path
 
 
-def calibrate_engine(engine, data, tpr: float | None = None, batch: int = 32,
-                     seed: int | None = None, progress: bool = False, out=None):
-    """Recalibrate an engine's source detector on the engine, then rebuild the engine."""
+def calibrate_engine(engine, cfg: CalibrateConfig):
+    """Recalibrate an engine's source detector on the engine (cfg's data, tpr, batch, seed,
+    out), then rebuild the engine."""
     from edgeood.pipeline.export import ExportResult, calibrate
     from edgeood.tensorrt.builder import build_engine, validate_build
     from edgeood.runtime import backend_for, engine_metadata
@@ -41,8 +46,9 @@ def calibrate_engine(engine, data, tpr: float | None = None, batch: int = 32,
     source = source_of(engine, section)
     opts = section.get("build_options") or {}
     with backend_for(engine, meta) as backend:
-        res = calibrate(source, data, tpr=tpr, batch=batch, out=out, seed=seed,
-                        progress=progress, scorer=backend)
+        res = calibrate(source, dataclasses.replace(
+            cfg, arl=None, delta=None, stride=None, stream_monitor=None, monitor_methods=None,
+            device=None, scorer=backend))
     device = str(opts.get("device", "gpu"))
     req = validate_build(res.path, half=bool(opts.get("fp16_flag")),
                          batch=opts.get("max_batch"), dynamic=bool(opts.get("dynamic")),

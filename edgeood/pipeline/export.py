@@ -12,7 +12,7 @@ import copy
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import onnx
@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from edgeood.pipeline.calibrate import (check_count, fit_methods, reference_scores, score_source,
                                threshold_at)
-from edgeood.artifact.names import DEFAULT_OPSET, IMAGE_INPUT
+from edgeood.artifact.names import IMAGE_INPUT
 from edgeood.data import ImageSource, Preprocess, open_source
 from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.graph.fold import build_decision, build_scores
@@ -32,7 +32,7 @@ from edgeood.graph.taps import find_block_candidates, resolve
 from edgeood.artifact.metadata import SCHEMA_VERSION, read_metadata, save_detector, session_source
 from edgeood.methods.base import Method, ModelInfo, create, method_class, parse_params
 from edgeood.progress import stage, warn
-from edgeood.pipeline.recipes import Recipe, load_recipe
+from edgeood.pipeline.recipes import Recipe, check_channels, load_recipe
 from edgeood.resize import HALF_PIXEL_LINEAR
 from edgeood.stats.monitor import (DEFAULT_ARL, DEFAULT_DELTA, DEFAULT_STRIDE, StreamMonitor,
                                      check_arl, check_delta, check_stride, compute_detector_id,
@@ -40,8 +40,10 @@ from edgeood.stats.monitor import (DEFAULT_ARL, DEFAULT_DELTA, DEFAULT_STRIDE, S
 from edgeood.runtime.onnxruntime.backend import OrtBackend
 from edgeood.version import __version__
 
+if TYPE_CHECKING:  # built by edgeood.api (the layer above) from keyword arguments
+    from edgeood.config import CalibrateConfig, ExportConfig
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-INPUT_KINDS = ("float", "uint8")  # --input: the float input only, or camera frames as well
 
 
 @dataclass
@@ -62,42 +64,54 @@ class MonitorOptions:
     in_graph: bool = False
 
 
-@dataclass
-class ExportRequest:
-    """The export arguments, validated before any work is done."""
+@dataclass(kw_only=True)
+class CalibrationRequest:
+    """What the calibration stages need: the ID images, the acceptance rate, the stream
+    monitor's options and where to write (calibrate() builds only this)."""
 
-    model: Any
+    data: ImageSource | None
+    tpr: float
+    batch: int
+    seed: int
+    progress: bool
+    monitor: MonitorOptions = field(default_factory=MonitorOptions)
+    out: Path | None = None
+    model: Any = None          # the source (save_stage names the output after it without out)
+    device: str | None = None  # calibrate on ONNX Runtime's cpu | cuda | tensorrt provider
+    scorer: Any = None         # a loaded backend to score with instead (an engine)
+    caller: str = "python"     # "cli": errors name options by their flags
+
+    def spell(self, name: str) -> str:
+        """An option as the caller writes it (`imgsz` or `--imgsz`)."""
+        return f"--{name.replace('_', '-')}" if self.caller == "cli" else name
+
+
+@dataclass(kw_only=True)
+class ExportRequest(CalibrationRequest):
+    """The export arguments, validated before any work is done (keywords only)."""
+
     recipe: Recipe | None
     methods: list[Method]
     primary: str
-    tpr: float
     imgsz: tuple[int, int] | None
-    batch: int
-    out: Path | None
     keep_taps: bool
     opset: int
-    seed: int
     mean: Any
     std: Any
     logits: str | None
     penultimate: str | None
-    data: ImageSource | None
     ood_val: ImageSource | None
-    progress: bool
-    monitor: MonitorOptions = field(default_factory=MonitorOptions)
     input: str = "float"  # "uint8": also the camera-frame input `image` (in-graph preprocessing)
-    half: bool = False        # --half: float16 backbone, float32 heads
-    int8: bool = False        # --int8: Q/DQ int8 backbone calibrated on --data, float32 heads
-    int8_method: str = "percentile"  # --int8-method: percentile | minmax | entropy
-    device: str | None = None  # calibrate on ONNX Runtime's cpu | cuda | tensorrt provider
-    scorer: Any = None         # a loaded backend to score with instead (an engine)
+    half: bool = False        # float16 backbone, float32 heads
+    int8: bool = False        # Q/DQ int8 backbone calibrated on the ID images, float32 heads
+    int8_method: str = "percentile"  # percentile | minmax | entropy
 
 
 @dataclass
 class ExportState:
     """What the stages hand on: the request, then the model, graph, head and metadata."""
 
-    request: ExportRequest
+    request: ExportRequest | CalibrationRequest
     proto: onnx.ModelProto | None = None
     sha256: str = ""
     label: str = "model"
@@ -122,8 +136,8 @@ def _split(items: str | Iterable[str] | None) -> list[str]:
     return [s.strip() for s in items if s and s.strip()]
 
 
-def parse_imgsz(imgsz) -> tuple[int, int] | None:
-    """--imgsz as (H, W) from S, 'H,W', an int or a pair; one line on anything else."""
+def parse_imgsz(imgsz, flag: str = "--imgsz") -> tuple[int, int] | None:
+    """imgsz as (H, W) from S, 'H,W', an int or a pair; one line on anything else."""
     if imgsz is None:
         return None
     try:
@@ -132,103 +146,103 @@ def parse_imgsz(imgsz) -> tuple[int, int] | None:
     except (TypeError, ValueError):
         vals = []
     if len(vals) not in (1, 2) or min(vals) < 1:
-        raise EdgeoodError(f"--imgsz {imgsz!r} must be one or two positive integers: S or H,W "
-                           "(e.g. --imgsz 224 or --imgsz 240,320)")
+        eg = f"{flag} 224 or {flag} 240,320" if flag.startswith("--") else \
+            f"{flag}=224 or {flag}=(240, 320)"
+        raise EdgeoodError(f"{flag} {imgsz!r} must be one or two positive integers: S or H,W "
+                           f"(e.g. {eg})")
     return (vals[0], vals[-1])
 
 
-def _method_list(names: list[str], recipe: Recipe | None, params) -> list[Method]:
+def _method_list(names: list[str], recipe: Recipe | None, params,
+                 cfg: ExportConfig) -> list[Method]:
     given = parse_params(params) if isinstance(params, list) else dict(params or {})
     for key in given:
         if key not in names:
-            raise EdgeoodError(f"--param for '{key}', which is not among the methods "
-                               f"{','.join(names)}{did_you_mean(key, names)}")
+            raise EdgeoodError(f"{cfg.spell('params')} for '{key}', which is not among the "
+                               f"methods {','.join(names)}{did_you_mean(key, names)}")
     if len(set(names)) != len(names):
-        raise EdgeoodError(f"--methods lists a method twice: {','.join(names)}")
+        raise EdgeoodError(f"{cfg.spell('methods')} lists a method twice: {','.join(names)}")
     merged = {n: {**(recipe.params.get(n, {}) if recipe else {}), **given.get(n, {})} for n in names}
     return [create(n, merged[n]) for n in names]
 
 
-def validate_export(model, data=None, methods=None, primary: str | None = None,
-                    tpr: float = 0.95, recipe=None, imgsz=None, batch: int = 32, out=None,
-                    keep_taps: bool = False, params=None, opset: int = DEFAULT_OPSET,
-                    seed: int = 0, mean=None, std=None, logits: str | None = None,
-                    penultimate: str | None = None, tune: bool = False, ood_val=None,
-                    progress: bool = False, arl=None, delta=None, stride=None,
-                    stream_monitor: bool = False, monitor_methods=None,
-                    input: str = "float", half: bool = False, int8: bool = False,
-                    int8_method: str = "percentile") -> ExportRequest:
-    """Every export argument checked up front (Ultralytics style): one line per problem."""
-    _check_precision(half, int8, int8_method, data)
-    if input not in INPUT_KINDS:
-        raise EdgeoodError(f"--input {input} must be one of {', '.join(INPUT_KINDS)} (uint8: "
-                           "camera frames straight into the graph)"
-                           f"{did_you_mean(input, INPUT_KINDS)}")
+def validate_export(model, cfg: ExportConfig) -> ExportRequest:
+    """Every export argument checked up front (Ultralytics style): one line per problem, naming
+    the options as the caller wrote them (cfg.caller)."""
+    say = cfg.spell
+    data = cfg.data
+    _check_precision(cfg)
     if isinstance(model, (str, Path)) and not Path(model).is_file():
         raise EdgeoodError(f"{model}: no such file; pass the path of an .onnx model")
-    if not isinstance(tpr, (int, float)) or not 0 < tpr < 1:
-        raise EdgeoodError(f"--tpr {tpr} must be in (0, 1); e.g. 0.95")
-    if batch < 1:
-        raise EdgeoodError(f"--batch {batch} must be >= 1")
-    size = parse_imgsz(imgsz)
-    rec = load_recipe(recipe)
+    size = parse_imgsz(cfg.imgsz, say("imgsz"))
+    rec = load_recipe(cfg.recipe)
     from edgeood.methods import DEFAULT_METHODS
-    names = _split(methods) or (rec.methods if rec and rec.methods else list(DEFAULT_METHODS))
-    if data is None and not _split(methods):  # nothing to fit on: the defaults that need no data
+    names = _split(cfg.methods) or (rec.methods if rec and rec.methods else list(DEFAULT_METHODS))
+    if data is None and not _split(cfg.methods):  # nothing to fit on: defaults that need no data
         names = [n for n in names if not method_class(n).needs_fit]
     for n in names:
         method_class(n)  # unknown names: did-you-mean
-    primary = primary or names[0]
+    primary = cfg.primary or names[0]
     if primary not in names:
-        raise EdgeoodError(f"--primary {primary} is not among --methods {','.join(names)}"
-                           f"{did_you_mean(primary, names)}")
-    if tune:
+        raise EdgeoodError(f"{say('primary')} {primary} is not among {say('methods')} "
+                           f"{','.join(names)}{did_you_mean(primary, names)}")
+    params = cfg.params
+    if cfg.tune:
         tunable = [n for n in names if method_class(n).tune_space]
         if not tunable:
             with_space = [n for n in _registered() if method_class(n).tune_space]
-            raise EdgeoodError(f"--tune searches a method's tune space; none of {','.join(names)} "
-                               f"has one (methods that do: {', '.join(with_space)})")
+            raise EdgeoodError(f"{say('tune')} searches a method's tune space; none of "
+                               f"{','.join(names)} has one (methods that do: "
+                               f"{', '.join(with_space)})")
         params = _with_tune(params, tunable)
-    chosen = _method_list(names, rec, params)
-    monitor = monitor_options(names, primary, arl, delta, stride, stream_monitor,
-                              monitor_methods)
+    chosen = _method_list(names, rec, params, cfg)
+    monitor = monitor_options(names, primary, cfg.arl, cfg.delta, cfg.stride,
+                              cfg.stream_monitor, cfg.monitor_methods, caller=cfg.caller)
     if monitor.in_graph and data is None:
-        raise EdgeoodError("--stream-monitor folds the stream alarm over the p-values, which "
-                           "need the ID reference: pass --data ID_DIR")
+        raise EdgeoodError(f"{say('stream_monitor')} folds the stream alarm over the p-values, "
+                           f"which need the ID reference: pass {say('data')}")
     source = open_source(data) if data is not None else None
     if source is None and any(m.needs_fit for m in chosen):
         need = ", ".join(m.name for m in chosen if m.needs_fit)
-        raise EdgeoodError(f"{need} fit statistics on ID images: pass --data ID_DIR")
+        raise EdgeoodError(f"{need} fit statistics on ID images: pass {say('data')} ID_DIR"
+                           if cfg.caller == "cli" else
+                           f"{need} fit statistics on ID images: pass data=ID_DIR")
     if source is not None:
         check_count(source)
-    ood = open_source(ood_val, "ood-val") if ood_val is not None else None
+    ood = open_source(cfg.ood_val, "ood-val") if cfg.ood_val is not None else None
+    out = cfg.out
     if out is not None and not Path(out).parent.exists():
         raise EdgeoodError(f"output folder {Path(out).parent} does not exist; create it first")
-    return ExportRequest(model, rec, chosen, primary, float(tpr), size, batch,
-                         Path(out) if out is not None else None, keep_taps, opset, seed, mean,
-                         std, logits, penultimate, source, ood, progress, monitor, input,
-                         half=bool(half), int8=bool(int8), int8_method=int8_method)
+    return ExportRequest(
+        model=model, recipe=rec, methods=chosen, primary=primary, tpr=float(cfg.tpr),
+        imgsz=size, batch=cfg.batch, out=Path(out) if out is not None else None,
+        keep_taps=cfg.keep_taps, opset=cfg.opset, seed=cfg.seed, mean=cfg.mean, std=cfg.std,
+        logits=cfg.logits, penultimate=cfg.penultimate, data=source, ood_val=ood,
+        progress=cfg.progress, monitor=monitor, input=cfg.input, half=bool(cfg.half),
+        int8=bool(cfg.int8), int8_method=cfg.int8_method, caller=cfg.caller)
 
 
 def monitor_options(names: list[str], primary: str, arl=None, delta=None, stride=None,
-                    in_graph: bool = False, methods=None,
-                    saved: dict | None = None) -> MonitorOptions:
+                    in_graph: bool = False, methods=None, saved: dict | None = None,
+                    caller: str = "cli") -> MonitorOptions:
     """The stream monitor's options checked up front; None keeps `saved` (else the default)."""
     saved = saved or {}
+    prefix = "--" if caller == "cli" else ""
     chosen = _split(methods)
     if chosen == ["all"]:
         chosen = list(names)
     for m in chosen:
         if m not in names:
-            raise EdgeoodError(f"--monitor-methods names {m}, which is not among the methods "
-                               f"{','.join(names)}{did_you_mean(m, names)}")
+            raise EdgeoodError(f"{prefix}monitor{'-' if prefix else '_'}methods names {m}, which "
+                               f"is not among the methods {','.join(names)}"
+                               f"{did_you_mean(m, names)}")
     kept = [m for m in (saved.get("methods") or []) if m in names]
     return MonitorOptions(
         methods=chosen or kept or [primary],
-        arl=check_arl(saved.get("arl", DEFAULT_ARL) if arl is None else arl, "--"),
-        delta=check_delta(saved.get("delta", DEFAULT_DELTA) if delta is None else delta, "--"),
+        arl=check_arl(saved.get("arl", DEFAULT_ARL) if arl is None else arl, prefix),
+        delta=check_delta(saved.get("delta", DEFAULT_DELTA) if delta is None else delta, prefix),
         stride=check_stride(saved.get("stride", DEFAULT_STRIDE) if stride is None else stride,
-                            "--"),
+                            prefix),
         in_graph=bool(saved.get("in_graph", False) if in_graph is None else in_graph))
 
 
@@ -255,7 +269,7 @@ def load_stage(state: ExportState) -> ExportState:
             Path(model).name
     elif hasattr(model, "forward") and hasattr(model, "eval"):
         from edgeood.graph.from_torch import export_module
-        shape = _shape_from(req.recipe, req.imgsz, None)
+        shape = _shape_from(req.recipe, req.imgsz, None, req.spell("imgsz"))
         if None in shape:
             raise EdgeoodError("exporting an nn.Module needs the input size: pass imgsz "
                                "(and channels via a recipe, default 3)")
@@ -276,8 +290,9 @@ def prepare_stage(state: ExportState) -> ExportState:
     if req.penultimate or taps_cfg.get("penultimate"):
         state.head.z = resolve(state.graph, req.penultimate or taps_cfg["penultimate"],
                                "penultimate").name
-    state.pre = _preprocess(req.recipe, _shape_from(req.recipe, req.imgsz, input_chw(state.graph)),
-                            req.mean, req.std)
+    flag = req.spell("imgsz")
+    state.pre = _preprocess(req.recipe, _shape_from(req.recipe, req.imgsz, input_chw(state.graph),
+                                                    flag), req.mean, req.std, flag)
     if req.input == "uint8":  # the host path (fitting, calibration) resizes like the graph
         state.pre.resize_rule = HALF_PIXEL_LINEAR
     return state
@@ -297,16 +312,15 @@ def precision_stage(state: ExportState) -> ExportState:
     return state
 
 
-def _check_precision(half: bool, int8: bool, int8_method: str, data) -> None:
-    from edgeood.graph.precision import INT8_METHODS
-    if half and int8:
-        raise EdgeoodError("--half and --int8 exclude each other: pick one precision")
-    if int8_method not in INT8_METHODS:
-        raise EdgeoodError(f"--int8-method {int8_method} must be one of "
-                           f"{', '.join(INT8_METHODS)}{did_you_mean(int8_method, INT8_METHODS)}")
-    if int8 and data is None:
-        raise EdgeoodError("--int8 calibrates the activation ranges on ID images: pass "
-                           "--data ID_DIR (>= 300 images recommended)")
+def _check_precision(cfg: ExportConfig) -> None:
+    say = cfg.spell
+    if cfg.half and cfg.int8:
+        raise EdgeoodError(f"{say('half')} and {say('int8')} exclude each other: pick one "
+                           "precision")
+    if cfg.int8 and cfg.data is None:
+        where = f"{say('data')} ID_DIR" if cfg.caller == "cli" else "data=ID_DIR"
+        raise EdgeoodError(f"{say('int8')} calibrates the activation ranges on ID images: pass "
+                           f"{where} (>= 300 images recommended)")
 
 
 def bind_stage(state: ExportState) -> ExportState:
@@ -485,66 +499,29 @@ def run_stages(state: ExportState, stages, label: str = "export") -> ExportState
     return state
 
 
-def export(model, data=None, methods=None, primary: str | None = None, tpr: float = 0.95,
-           recipe=None, imgsz=None, batch: int = 32, out=None, keep_taps: bool = False,
-           params=None, opset: int = DEFAULT_OPSET, seed: int = 0, mean=None, std=None,
-           logits: str | None = None, penultimate: str | None = None, tune: bool = False,
-           ood_val=None, tune_ood=None, progress: bool = False, arl: float | None = None,
-           delta: float | None = None, stride: int | None = None, stream_monitor: bool = False,
-           monitor_methods=None, input: str = "float", half: bool = False, int8: bool = False,
-           int8_method: str = "percentile") -> ExportResult:
-    """Fold OOD scoring into a classifier and calibrate it on ID images.
-
-    model: an .onnx path, an onnx.ModelProto or a torch.nn.Module. data: a folder of ID images,
-    a .npy/.npz, or an array (None: scores only, no thresholds; run calibrate() later).
-    tune: search the tune space of the methods that declare one (against jigsaw images of
-    `data`, or against ood_val). ood_val: OOD validation images (for tuning and for methods
-    that fit on them); tune_ood is its old name.
-    Stream monitor (edgeood.StreamMonitor, `edgeood watch`): arl (A, default 10000 sampled
-    frames), delta (0.01), stride (1) and monitor_methods (default the primary; "all" or a
-    list: their bets are averaged) are kept in the metadata; stream_monitor=True also folds its
-    update into the graph (input monitor_state, outputs monitor_state_out and stream_alarm).
-    input="uint8" adds the camera-frame input `image` (uint8 N x H x W x C RGB: cast, resized
-    with the half_pixel_linear rule, normalised and transposed in the graph) beside the float
-    input; edgeood.load(path)(frames) then feeds frames to it.
-    """
-    req = validate_export(model, data, methods, primary, tpr, recipe, imgsz, batch, out,
-                          keep_taps, params, opset, seed, mean, std, logits, penultimate,
-                          tune, ood_val if ood_val is not None else tune_ood, progress, arl,
-                          delta, stride, stream_monitor, monitor_methods, input, half=half,
-                          int8=int8, int8_method=int8_method)
-    state = run_stages(ExportState(req), EXPORT_STAGES)
+def export(model, cfg: ExportConfig) -> ExportResult:
+    """Fold OOD scoring into a classifier and calibrate it on ID images: the stages run on a
+    checked ExportConfig (edgeood.api.export builds it from keyword arguments)."""
+    state = run_stages(ExportState(validate_export(model, cfg)), EXPORT_STAGES)
     return ExportResult(state.path, state.meta)
 
 
-def calibrate(detector, data, tpr: float | None = None, batch: int = 32, out=None,
-              seed: int | None = None, progress: bool = False, arl: float | None = None,
-              delta: float | None = None, stride: int | None = None,
-              stream_monitor: bool | None = None, monitor_methods=None,
-              device: str | None = None, scorer=None) -> ExportResult:
-    """Re-fit the thresholds and p-value references of an existing detector on new ID images
-    (fitted statistics such as ReAct's clip value or the FeatureNorm block are kept). The
-    stream monitor's options (see export) default to the detector's; q(n, delta) is redone
-    for the new reference size. device: score on ONNX Runtime's cpu | cuda | tensorrt provider
-    (the calibration target is recorded); an engine recalibrates its source detector on the
-    engine itself and rebuilds it (edgeood.pipeline.engine_calibrate)."""
+def calibrate(detector, cfg: CalibrateConfig) -> ExportResult:
+    """Re-fit the thresholds and p-value references of a saved detector on new ID images from a
+    checked CalibrateConfig: only the calibration stages run (on a CalibrationRequest)."""
     path = Path(detector)
     meta = read_metadata(path)
-    tpr = meta.get("tpr", 0.95) if tpr is None else tpr
-    if not 0 < tpr < 1:
-        raise EdgeoodError(f"--tpr {tpr} must be in (0, 1); e.g. 0.95")
-    if batch < 1:
-        raise EdgeoodError(f"--batch {batch} must be >= 1")
-    monitor = monitor_options(list(meta["methods"]), meta["primary"], arl, delta, stride,
-                              stream_monitor, monitor_methods, meta.get("monitor"))
-    source = open_source(data)
+    tpr = meta.get("tpr", 0.95) if cfg.tpr is None else cfg.tpr
+    monitor = monitor_options(list(meta["methods"]), meta["primary"], cfg.arl, cfg.delta,
+                              cfg.stride, cfg.stream_monitor, cfg.monitor_methods,
+                              meta.get("monitor"), caller=cfg.caller)
+    source = open_source(cfg.data)
     check_count(source)
-    seed = meta.get("seed", 0) if seed is None else seed
-    req = ExportRequest(model=path, recipe=None, methods=[], primary=meta["primary"], tpr=tpr,
-                        imgsz=None, batch=batch, out=Path(out) if out else path,
-                        keep_taps=False, opset=DEFAULT_OPSET, seed=seed, mean=None, std=None,
-                        logits=None, penultimate=None, data=source, ood_val=None,
-                        progress=progress, monitor=monitor, device=device, scorer=scorer)
+    req = CalibrationRequest(
+        model=path, data=source, tpr=tpr, batch=cfg.batch, seed=meta.get("seed", 0)
+        if cfg.seed is None else cfg.seed, progress=cfg.progress, monitor=monitor,
+        out=Path(cfg.out) if cfg.out else path, device=cfg.device, scorer=cfg.scorer,
+        caller=cfg.caller)
     state = ExportState(req, folded=gs.import_onnx(load_model(path)), meta=meta,
                         pre=Preprocess.from_dict(meta["preprocessing"]))
     state = run_stages(state, CALIBRATE_STAGES, "calibrate")
@@ -559,26 +536,34 @@ def _default_out(model) -> Path:
     return Path("detector.onnx")
 
 
-def _shape_from(recipe: Recipe | None, imgsz, graph_chw):
+def _shape_from(recipe: Recipe | None, imgsz, graph_chw, flag: str = "imgsz"):
     """(C, H, W): --imgsz beats the recipe, which beats the graph."""
     c, h, w = graph_chw or (None, None, None)
     rin = recipe.input if recipe else {}
     c = c or rin.get("channels") or 3
-    size = parse_imgsz(imgsz) or (tuple(rin["size"]) if "size" in rin else None)
+    size = parse_imgsz(imgsz, flag) or (tuple(rin["size"]) if "size" in rin else None)
     if size:
         if (h and h != size[0]) or (w and w != size[1]):
-            raise EdgeoodError(f"the model takes {w}x{h} images but --imgsz/recipe asks for "
-                               f"{size[1]}x{size[0]}; drop --imgsz or re-export the model")
+            raise EdgeoodError(f"the model takes {w}x{h} images but {flag}/recipe asks for "
+                               f"{size[1]}x{size[0]}; drop {flag} or re-export the model")
         h, w = size
     return (c, h, w)
 
 
-def _preprocess(recipe: Recipe | None, chw, mean=None, std=None) -> Preprocess:
+def _preprocess(recipe: Recipe | None, chw, mean=None, std=None,
+                flag: str = "imgsz") -> Preprocess:
     c, h, w = chw
     if h is None or w is None:
-        raise EdgeoodError("the model's input size is dynamic; pass --imgsz H,W or a recipe")
+        raise EdgeoodError(f"the model's input size is dynamic; pass {flag} H,W or a recipe")
     rin = recipe.input if recipe else {}
     dm, ds = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
+    where = f"recipe {recipe.path}: [input] " if recipe and recipe.path else "recipe [input] "
+    for key, given in (("mean", mean), ("std", std)):
+        if given is not None:
+            values = [float(v) for v in np.atleast_1d(given)]
+            check_channels(values, c, f"{key} {values}")
+        elif key in rin:
+            check_channels(rin[key], c, f"{where}{key}")
     return Preprocess(size=(h, w), channels=c, mean=tuple(mean or rin.get("mean", dm)),
                       std=tuple(std or rin.get("std", ds)), resize=bool(rin.get("resize", True)),
                       color=rin.get("color", "RGB" if c == 3 else "GRAY"))

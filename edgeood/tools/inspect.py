@@ -74,3 +74,36 @@ def monitor_lines(meta: dict, fps: float = 30.0) -> list[str]:
     if mon.get("advice"):
         lines.append(f"  note: {mon['advice']}")
     return lines
+
+
+def header_lines(detector, info: dict) -> list[str]:
+    """What `edgeood inspect` prints above the method table: file, input, outputs, warnings,
+    calibration."""
+    meta = info["metadata"]
+    eng = meta.get("engine")
+    lines = []
+    if eng:  # a TensorRT engine: what its sidecar says
+        lines.append(f"{detector}: TensorRT {eng['tensorrt_version']} plan, "
+                     f"{info['file_bytes'] / 1e6:.2f} MB, {eng['gpu']['name']} (compute "
+                     f"capability {eng['gpu']['compute_capability']}), {eng['device']}, "
+                     f"{eng['precision']}, built from {eng['source']['name']}")
+    else:
+        lines.append(f"{detector}: {info['file_bytes'] / 1e6:.2f} MB, "
+                     f"{info['constant_bytes'] / 1e6:.2f} MB of constants "
+                     f"({info['head_constant_bytes'] / 1e3:.1f} kB in scoring heads)")
+    lines.append(f"input {meta['input']['name']} {meta['input']['shape']}, preprocessing "
+                 f"mean {meta['preprocessing']['mean']} std {meta['preprocessing']['std']} "
+                 f"size {meta['preprocessing']['size']} {meta['preprocessing']['color']}")
+    outputs = [t for t in eng["io"] if t["mode"] == "output"] if eng else info["outputs"]
+    lines.append("outputs: " + ", ".join(f"{o['name']}{o['shape']}" for o in outputs))
+    target = (meta.get("calibration") or {}).get("target")
+    if target:
+        from edgeood.runtime.backend import describe_target
+        lines.append(f"calibration target: {describe_target(target)}")
+    for name, d in meta["methods"].items():
+        for w in d.get("warnings", []):
+            lines.append(f"warning: {w}")
+    cal = meta.get("calibration")
+    lines.append(f"calibration: {cal['count']} images (hash {cal['hash']}), tpr {meta['tpr']}"
+                 if cal else "calibration: none (run edgeood calibrate)")
+    return lines

@@ -6,6 +6,8 @@ images (in name order), one image, or a .npy/.npz array of frames (in order).
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -119,3 +121,57 @@ def watch(detector, monitor, source, batch: int = 32,
                              int(out[LOGITS][i].argmax()),
                              bool(out[IS_OOD][i]) if IS_OOD in out else None,
                              {m: float(pv[m][i]) for m in methods}, bool(steps.rang[i]))
+
+
+def open_monitor(detector, state: Path | None = None, arl=None, delta=None, stride=None,
+                 methods=None, rearm: bool = False):
+    """The stream monitor to feed: the one saved in `state` (its settings win) or a fresh one
+    from the detector's defaults and the given options."""
+    from edgeood.stats.monitor import StreamMonitor
+    if state is not None and Path(state).is_file():
+        try:
+            saved = json.loads(Path(state).read_text())
+        except ValueError:
+            raise EdgeoodError(f"{state} is not a JSON monitor state; delete it to start a "
+                               "fresh stream") from None
+        return StreamMonitor.from_dict(saved, detector=detector)
+    return StreamMonitor.from_detector(detector, arl, delta, stride, methods, rearm)
+
+
+def save_state(monitor, state: Path) -> None:
+    """Write the monitor's state where the next `edgeood watch --state` continues it."""
+    if state is not None:
+        from edgeood.artifact.metadata import dumps
+        tmp = state.with_name(state.name + ".tmp")
+        tmp.write_text(dumps(monitor.to_dict()))
+        os.replace(tmp, state)
+
+
+def summary(monitor) -> dict:
+    """The end-of-stream summary (`edgeood watch --json`'s last line)."""
+    return {"frames": monitor.frames, "sampled": monitor.sampled, "alarm": monitor.alarm,
+            "alarms": monitor.alarms, "alarm_frame": monitor.alarm_frame,
+            "statistic": monitor.statistic, "max_statistic": monitor.max_statistic,
+            "arl": monitor.arl, "stride": monitor.stride, "methods": monitor.methods}
+
+
+def summary_line(monitor, fps: float) -> str:
+    from edgeood.stats.monitor import human_duration
+    mtbf = human_duration(monitor.mean_time_to_false_alarm(fps))
+    return (f"{monitor.frames} frames ({monitor.sampled} sampled, stride "
+            f"{monitor.stride}), {', '.join(monitor.methods)}: " +
+            (f"alarm at frame {monitor.alarm_frame}" + (f" ({monitor.alarms} alarms)"
+                                                        if monitor.alarms > 1 else "")
+             if monitor.alarms else f"no alarm (largest statistic "
+             f"{monitor.max_statistic:.3g} < A = {monitor.arl:g})") +
+            f"; mean time between false alarms >= {mtbf} at {fps:g} fps")
+
+
+def alarm_line(frame: WatchFrame, arl: float) -> str:
+    return (f"ALARM at frame {frame.frame} ({frame.source}): statistic "
+            f"{frame.statistic:.4g} >= A = {arl:g}; the stream has left the ID distribution")
+
+
+def status_line(frame: WatchFrame, arl: float) -> str:
+    return (f"\rframe {frame.frame}  statistic {frame.statistic:10.4g} / {arl:g}  alarm "
+            f"{'YES' if frame.alarm else 'no '}  frame {'OOD' if frame.is_ood else 'ok '}")

@@ -113,7 +113,7 @@ def test_precision_arguments_checked_up_front():
     data, model = digits()
     with pytest.raises(EdgeoodError, match="exclude each other"):
         edgeood.export(model, data=data.val[0], methods=["energy"], half=True, int8=True)
-    with pytest.raises(EdgeoodError, match="--int8 calibrates"):
+    with pytest.raises(EdgeoodError, match="^int8 calibrates"):
         edgeood.export(model, methods=["energy"], int8=True)
     with pytest.raises(EdgeoodError, match="did you mean"):
         edgeood.export(model, data=data.val[0], methods=["energy"], int8=True,

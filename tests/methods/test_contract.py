@@ -156,14 +156,14 @@ def test_generic_modules_name_no_method():
 
 
 @pytest.mark.parametrize("kwargs, needle", [
-    ({"tpr": 1.5}, "--tpr 1.5 must be in (0, 1)"),
-    ({"tpr": 0}, "--tpr 0 must be in (0, 1)"),
-    ({"imgsz": "0"}, "--imgsz '0' must be one or two positive integers"),
+    ({"tpr": 1.5}, "tpr 1.5 must be in (0, 1)"),
+    ({"tpr": 0}, "tpr 0 must be in (0, 1)"),
+    ({"imgsz": "0"}, "imgsz '0' must be one or two positive integers"),
     ({"imgsz": "a,b"}, "must be one or two positive integers"),
     ({"imgsz": "1,2,3"}, "must be one or two positive integers"),
     ({"primary": "enrgy"}, "did you mean energy"),
     ({"methods": ["energy", "reactt"]}, "did you mean react"),
-    ({"batch": 0}, "--batch 0 must be >= 1"),
+    ({"batch": 0}, "batch 0 must be >= 1"),
 ])
 def test_export_arguments_validated_up_front(kwargs, needle, digits_model, tmp_path):
     """Bad arguments fail before any work: no data is read (there is none) and nothing is
@@ -172,6 +172,7 @@ def test_export_arguments_validated_up_front(kwargs, needle, digits_model, tmp_p
     with pytest.raises(EdgeoodError) as err:
         edgeood.export(digits_model, data=None, **args)
     assert needle in str(err.value) and "\n" not in str(err.value)
+    assert not str(err.value).startswith("--")  # Python names, not CLI flags
     assert list(tmp_path.iterdir()) == []
 
 
