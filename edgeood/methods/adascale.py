@@ -32,6 +32,7 @@ from edgeood.graph.autodiff import input_gradient
 from edgeood.graph.head import apply_head
 from edgeood.graph.ops import constant
 from edgeood.graph.subgraph import clone_between
+from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import logsumexp
 
@@ -335,11 +336,16 @@ class _AdaScale(Method):
             out["q_reference_size"] = int(self.fitted["q_reference"].size)
         return out
 
-    @classmethod
-    def summary(cls, entry):
-        tuned = super().summary(entry)
-        return tuned or (f"ECDF of {entry['q_reference_size']} Q' values"
-                         if "q_reference_size" in entry else "")
+    class Presentation(presentation.Presentation):
+        fits = "sorted ID Q′ (≤ 5000)"
+        notes = "input gradient built as graph nodes; `--tune` picks p_max against jigsaw images"
+        # p_max chosen against jigsaw pseudo-OOD (the defaults invert on the small digits CNN)
+        demo_params = {"tune": True}
+
+        def summary(self, entry):
+            tuned = super().summary(entry)
+            return tuned or (f"ECDF of {entry['q_reference_size']} Q' values"
+                             if "q_reference_size" in entry else "")
 
 
 @register
@@ -348,6 +354,12 @@ class AdaScaleA(_AdaScale):
 
     name = "adascale_a"
     variant = "A"
+    order = 70
+
+    class Presentation(_AdaScale.Presentation):
+        score = ("SCALE with a per-image percentile p from the ECDF of Q′ (how the top "
+                 "activations move when the least-|g| 5% of the input is nudged along "
+                 "sign(g)); W(z e^r)+b")
 
 
 @register
@@ -356,3 +368,7 @@ class AdaScaleL(_AdaScale):
 
     name = "adascale_l"
     variant = "L"
+    order = 71
+
+    class Presentation(_AdaScale.Presentation):
+        score = "AdaSCALE's per-image percentile, as adascale_a; (Wz+b) r²"

@@ -46,6 +46,7 @@ from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.graph.ops import constant
 from edgeood.graph.subgraph import clone_between
 from edgeood.graph.taps import resolve
+from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
 from edgeood.progress import warn
 
@@ -147,6 +148,7 @@ class Grood(Method):
     needs_labels = True
     needs_linear_head = True
     calibration_holdout = 0.5  # split conformal: the bank would hold its own calibration images
+    order = 90
 
     # --- parameters ---------------------------------------------------------------------------
     def validate(self):
@@ -365,15 +367,32 @@ class Grood(Method):
                 "bank_bytes": int(n * d * 4 + n * 4), "constant_bytes": arrays,
                 "prototype_count": len(f["prototypes"])}
 
-    @classmethod
-    def summary(cls, entry):
-        if "bank_entries" not in entry:
-            return ""
-        red = entry["bank_reduction"]
-        bank = f"bank {entry['bank_entries']}" + (
-            f" ({red} of {entry['correct_count']})" if red != "none" else "")
-        kind = entry["ood_prototype"]
-        where = f" at {entry['selected_mix_block']}" if kind == "mixup" else ""
-        size = entry["bank_bytes"]
-        size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
-        return f"{bank}, {size}; p_ood {kind}{where}"
+    class Presentation(presentation.Presentation):
+        score = ("−min_i ‖g − G_i‖², g = π_ood (z − p_ood) / "
+                 "‖z − p_ood‖ (d CE / d p_ood), π = softmax(−‖z − "
+                 "p_j‖) over the class prototypes and p_ood")
+        fits = ("class prototypes (labels, else predictions), p_ood (mix-up at a mid-depth "
+                "block, or `--ood-val`, or jigsaw), bank G of g of the correctly classified "
+                "images (two passes)")
+        notes = ("exact nearest neighbour (one Gemm + ReduceMin; the official code: faiss IVF); "
+                 "extra output `grood_label`; `bank_size` / `bank_reduce` shrink the bank")
+        bank_fraction = 0.1  # the demo's reduced banks: 10% of the full bank's rows
+
+        def summary(self, entry):
+            if "bank_entries" not in entry:
+                return ""
+            red = entry["bank_reduction"]
+            bank = f"bank {entry['bank_entries']}" + (
+                f" ({red} of {entry['correct_count']})" if red != "none" else "")
+            kind = entry["ood_prototype"]
+            where = f" at {entry['selected_mix_block']}" if kind == "mixup" else ""
+            size = entry["bank_bytes"]
+            size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+            return f"{bank}, {size}; p_ood {kind}{where}"
+
+        def demo_variants(self, entry):
+            """The bank reduced to bank_fraction of its rows, by random rows and by k-means."""
+            rows = max(1, round(self.bank_fraction * entry["bank_entries"]))
+            return [presentation.DemoVariant(
+                f"{self.method.name} ({self.bank_fraction:.0%} {how} bank, {rows} rows)",
+                {"bank_size": rows, "bank_reduce": how}) for how in ("random", "kmeans")]

@@ -231,8 +231,8 @@ def monitor_options(names: list[str], primary: str, arl=None, delta=None, stride
 
 
 def _registered() -> list[str]:
-    from edgeood.methods.base import REGISTRY
-    return list(REGISTRY)
+    from edgeood.methods.registry import registry
+    return list(registry())
 
 
 def _with_tune(params, names: list[str]):
