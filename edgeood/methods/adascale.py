@@ -34,6 +34,7 @@ from edgeood.graph.ops import constant
 from edgeood.graph.subgraph import clone_between
 from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
+from edgeood.methods.blocks.ecdf import count_above_graph, ecdf, sorted_reference
 from edgeood.methods.numeric import logsumexp
 
 TUNE_GRID = [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0]
@@ -269,10 +270,8 @@ class _AdaScale(Method):
             self.scratch.setdefault("q", []).append(np.asarray(taps[f"{self.name}/q"], np.float32))
 
     def fit_end(self):
-        q = np.concatenate(self.scratch["q"])
-        if len(q) > MAX_REFERENCE:
-            q = np.random.default_rng(0).choice(q, MAX_REFERENCE, replace=False)
-        self.fitted["q_reference"] = np.sort(q).astype(np.float32).reshape(1, -1)
+        self.fitted["q_reference"] = sorted_reference(np.concatenate(self.scratch["q"]),
+                                                      MAX_REFERENCE)
 
     def tune_taps(self):
         return ["z", "logits", self.z_perturbed_key] + \
@@ -288,7 +287,7 @@ class _AdaScale(Method):
         n_ref = self.fitted["q_reference"].size
         d = self.head.feature_dim
         p_min, p_max = self.params["p_min"], self.params["p_max"]
-        above = graph.count_above(q, self.array_constant(graph, "q_reference"), keepdims=True)
+        above = count_above_graph(graph, q, self.array_constant(graph, "q_reference"))
         p = graph.add(graph.mul(above, np.float32((p_max - p_min) / n_ref)), np.float32(p_min))
         k = graph.sub(np.float32(d), graph.round_(graph.mul(p, np.float32(d / 100.0))))
         k_max = int(self._k(p_min))
@@ -313,9 +312,8 @@ class _AdaScale(Method):
         order = np.argsort(-z1, axis=1, kind="stable")
         q = self.params["lambda_"] * np.take_along_axis(np.abs(z1 - zp), order[:, :k1], 1).sum(1) \
             + np.take_along_axis(np.maximum(zp, 0), order[:, :k2], 1).sum(1)
-        ref = np.asarray(self.fitted["q_reference"], np.float64).ravel()
-        ecdf = np.searchsorted(ref, q.astype(np.float32).astype(np.float64), side="right") / len(ref)
-        p = self.params["p_min"] + (1 - ecdf) * (self.params["p_max"] - self.params["p_min"])
+        f = ecdf(q, self.fitted["q_reference"])
+        p = self.params["p_min"] + (1 - f) * (self.params["p_max"] - self.params["p_min"])
         k = self._k(p).astype(int)
         a = np.maximum(z, 0)
         srt = -np.sort(-a, axis=1)

@@ -15,7 +15,7 @@ default): P z as a float16 Gemm over a float16 backbone, P stored int8 over an i
 `projection=float32` keeps it float32.
 
 Histograms (`histogram=auto`, the default) are exact integer counts, as `histograms()`
-(`edgeood/methods/bincount.py`): at opset >= 16 and for rows of at least SCATTER_MIN_VALUES
+(edgeood.methods.blocks.histogram): at opset >= 16 and for rows of at least SCATTER_MIN_VALUES
 values a bin index per value, corrected by one GatherElements of the edges, and ONE
 ScatterElements(reduction="add") for the z and the L~ values together (O(M)); otherwise
 (below opset 16, short rows, `histogram=compare`) counts of values below each edge
@@ -48,9 +48,9 @@ from edgeood.errors import EdgeoodError
 from edgeood.graph.ops import constant, scope
 from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
-from edgeood.methods.bincount import (  # noqa: F401  (bin_estimator, graph_bin_counts: tests)
-    Row, bin_estimator, graph_bin_counts, graph_raw_counts, histogram_form, raw_to_bins,
-    settle_forms)
+from edgeood.methods.blocks.histogram import (  # noqa: F401  (bin_estimator, graph_bin_counts: tests)
+    Row, bin_estimator, graph_bin_counts, graph_raw_counts, histogram_form, histograms,
+    raw_to_bins, settle_forms)
 from edgeood.methods.numeric import softmax
 
 # (r, delta, n_bins, lambda1, lambda2, s1, s2), the published presets, by the number of classes
@@ -94,13 +94,6 @@ def histogram_edges(lo: float, hi: float, n_bins: int) -> np.ndarray:
     if edges[-1] <= np.float32(hi):
         edges[-1] = np.nextafter(np.float32(hi), np.float32(np.inf))
     return edges
-
-
-def histograms(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Per-row histograms over [e_j, e_j+1), outside values dropped, divided by the row length."""
-    v = np.asarray(values, np.float32)
-    below = np.stack([(v < e).sum(axis=1) for e in edges], axis=1)
-    return np.diff(below, axis=1) / v.shape[1]
 
 
 def smooth(h: np.ndarray, s: int) -> np.ndarray:
