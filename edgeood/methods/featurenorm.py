@@ -120,4 +120,5 @@ class FeatureNorm(Method):
 
         def lite0_report(self, entry):
             return (f"FeatureNorm selected {entry['selected_block']}",
-                    {"norm_ratios": entry["norm_ratios"], "selected_block": entry["selected_block"]})
+                    {"norm_ratios": entry["norm_ratios"],
+                     "selected_block": entry["selected_block"]})

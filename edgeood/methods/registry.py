@@ -30,8 +30,9 @@ def register(cls: type["Method"]) -> type["Method"]:
         raise TypeError(f"{cls.__name__} needs a name")
     old = REGISTRY.get(cls.name)
     if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise EdgeoodError(f"two methods are named '{cls.name}' ({old.__module__}.{old.__qualname__} "
-                           f"and {cls.__module__}.{cls.__qualname__}); rename one")
+        raise EdgeoodError(f"two methods are named '{cls.name}' ({old.__module__}."
+                           f"{old.__qualname__} and {cls.__module__}.{cls.__qualname__}); "
+                           "rename one")
     REGISTRY[cls.name] = cls
     return cls
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,14 +138,43 @@ def test_a_method_registered_from_outside_works_end_to_end(registered_zdistance,
     del cli
 
 
+# registered names that are everyday English words: in prose ("free energy", "a scale
+# factor") they are words, so for them only a string that is exactly the name counts
+PROSE_WORDS = {"energy", "scale", "react"}
+OPT_OUT = "# not a method name"
+
+
+def method_references(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """(line, string) of each string constant (docstrings and f-string parts included) that
+    names a method: it is exactly a registered name; or one of its identifier-like tokens
+    (letters, digits, '_') is a registered name that is not an English word (PROSE_WORDS); or
+    a token holds a registered name with an underscore ("tap_weiper_kld_perturbed_logits").
+    A string whose lines carry the comment OPT_OUT is a word that only collides with a name
+    (the preprocessing's "scale" key)."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            continue
+        tokens = set(re.findall(r"[A-Za-z0-9_]+", node.value))
+        hit = node.value.strip() in names or bool(tokens & (names - PROSE_WORDS)) or any(
+            n in t for t in tokens for n in names if "_" in n)
+        if hit and not any(OPT_OUT in line
+                           for line in lines[node.lineno - 1:node.end_lineno]):
+            found.append((node.lineno, node.value[:60]))
+    return found
+
+
 GENERIC_MODULES = ["cli/app.py", "api.py", "pipeline/calibrate.py", "pipeline/export.py",
                    "tools/inspect.py", "graph/fold.py"]
 
 
 def test_generic_modules_name_no_method():
-    """cli, api, calibrate, inspect and fold ask the methods; they never name one."""
+    """No module of edgeood outside edgeood/methods/ names a method (method_references has
+    the rule): they ask the registry, so a method is one file. cli, api, calibrate, inspect
+    and fold do not even use a method's name as an English word."""
     import edgeood as pkg
-    names = set(REGISTRY)
+    names = set(registry())
     root = Path(pkg.__file__).parent
     for rel in GENERIC_MODULES:
         tree = ast.parse((root / rel).read_text())
@@ -152,6 +182,23 @@ def test_generic_modules_name_no_method():
                    and isinstance(n.value, str)}
         words = {w for s in strings for w in s.replace(",", " ").replace("/", " ").split()}
         assert not names & (strings | words), (rel, names & (strings | words))
+    found = {str(p.relative_to(root)): refs for p in sorted(root.rglob("*.py"))
+             if p.relative_to(root).parts[0] != "methods"
+             and (refs := method_references(p.read_text(encoding="utf-8"), names))}
+    assert not found, found
+
+
+def test_the_method_reference_rule():
+    """The rule flags code names and identifiers, not English prose."""
+    names = {"energy", "scale", "msp", "weiper_kld"}
+    flagged = lambda src: [s for _, s in method_references(src, names)]  # noqa: E731
+    assert flagged('x = "energy"') == ["energy"]
+    assert flagged('x = "msp"') == ["msp"]
+    assert flagged('x = "use msp or maxlogit"') == ["use msp or maxlogit"]
+    assert flagged('x = f"--param weiper_kld.histogram={h}"') == ["--param weiper_kld.histogram="]
+    assert flagged('x = "tap_weiper_kld_perturbed_logits"') == ["tap_weiper_kld_perturbed_logits"]
+    assert flagged('"""The free energy sets the scale of the score."""') == []
+    assert flagged('d["scale"] = 1  # not a method name: the pixel scaling') == []
 
 
 @pytest.mark.parametrize("kwargs, needle", [
