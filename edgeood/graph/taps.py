@@ -1,4 +1,5 @@
-"""Expose intermediate tensors as graph outputs, and find FeatureNorm's candidate blocks."""
+"""Expose intermediate tensors as graph outputs, and find the candidate blocks of the methods
+that read feature maps."""
 from __future__ import annotations
 
 from typing import Iterable

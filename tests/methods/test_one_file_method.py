@@ -124,6 +124,10 @@ def _install(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zknn-method\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[edgeood.methods]\nzknn = zknn_method:ZKnn\n")
+    broken = site / "broken_method-0.1.dist-info"  # a plugin that cannot load is skipped
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-method\nVersion: 0.1\n")
+    (broken / "entry_points.txt").write_text("[edgeood.methods]\nbroken = no_such_module_x\n")
     return site
 
 
@@ -143,6 +147,7 @@ def test_a_one_file_method_reaches_export_inspect_eval_demo_and_docs(tmp_path):
     assert r["lazy"] and r["module"] == "zknn_method"
     assert r["registry"][-1] == "zknn" and r["registry"][:-1] == list(registry())
     assert "zknn" not in registry()  # nothing leaked into this process
+    assert "warning: method plugin 'broken' (no_such_module_x) failed to load" in proc.stderr
 
     # export: the folded score equals the method's own NumPy reference, and an independent
     # one computed here from the kept z tap and the bank
@@ -162,3 +167,26 @@ def test_a_one_file_method_reaches_export_inspect_eval_demo_and_docs(tmp_path):
     rows = [line for line in r["table"].splitlines() if line.startswith("| `zknn` |")]
     assert rows == ["| `zknn` | -min_i \\|\\|z - Z_i\\|\\|^2 over the ID features Z | the bank Z of "
                     "ID penultimate features | exact search: one Gemm + ReduceMin |"]
+
+
+def test_the_registry_holds_exactly_the_method_classes_of_the_package():
+    """Every named Method subclass defined in edgeood.methods is registered, and nothing else:
+    helper modules (base, numeric, presentation, the blocks, ...) are not taken for methods."""
+    import importlib
+    import pkgutil
+
+    import edgeood.methods as package
+    from edgeood.methods.base import Method
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
+    found, todo = {}, [Method]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.name and cls.__module__.startswith(package.__name__ + "."):
+            found[cls.name] = cls
+    assert found == dict(registry())
+    # declared by the classes, in listing order: today's defaults
+    assert package.DEFAULT_METHODS == ["energy", "msp", "maxlogit", "react", "scale",
+                                       "featurenorm"]
+
