@@ -270,7 +270,7 @@ def registry() -> dict:
     import edgeood.methods as methods
     if callable(getattr(methods, "registry", None)):
         return dict(methods.registry())
-    from edgeood.methods.base import REGISTRY
+    from edgeood.methods.registry import REGISTRY
     return dict(REGISTRY)
 
 

@@ -42,7 +42,7 @@ class Preprocess:
         d = asdict(self)
         d["size"] = list(self.size)
         d["layout"] = "NCHW"
-        d["scale"] = "pixel / 255"
+        d["scale"] = "pixel / 255"  # not a method name: the pixel scaling
         if len(set(self.std)) == 1:  # DeepStream nvinfer: y = net-scale-factor * (x - offsets)
             d["deepstream"] = {"net-scale-factor": 1.0 / (255.0 * self.std[0]),
                                "offsets": [255.0 * m for m in self.mean],

@@ -121,16 +121,16 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
 
 
 def _method_rows(meta: dict) -> list[list]:
-    from edgeood.methods.base import method_class
+    from edgeood.methods.presentation import presentation
     return [[name + (" *" if name == meta["primary"] else ""), d.get("threshold", float("nan")),
-             method_class(name).summary(d)] for name, d in meta["methods"].items()]
+             presentation(name).summary(d)] for name, d in meta["methods"].items()]
 
 
 def _print_details(meta: dict) -> None:
     """The tables some methods add below the method table (e.g. a per-block statistic)."""
-    from edgeood.methods.base import method_class
+    from edgeood.methods.presentation import presentation
     for name, d in meta["methods"].items():
-        detail = method_class(name).detail_table(d)
+        detail = presentation(name).detail_table(d)
         if detail:
             _table(*detail)
 

@@ -27,7 +27,6 @@ _GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool")
 # elementwise ops that may sit between a final conv and the pool (SqueezeNet: conv10 -> Relu)
 _ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish",
                 "BatchNormalization", "Identity", "Dropout")
-LOGIT_METHODS = "energy, msp, maxlogit or featurenorm"
 
 
 @dataclass
@@ -67,11 +66,15 @@ class ClassifierHead:
     def feature_dim(self) -> int | None:
         return int(self.weight.shape[1]) if self.linear and self.weight is not None else None
 
-    def require_linear(self, method: str) -> None:
-        """Raise a one-line EdgeoodError unless the head is linear (W, b, z exist)."""
+    def require_linear(self, method: str, alternatives: list[str] | None = None) -> None:
+        """Raise a one-line EdgeoodError unless the head is linear (W, b, z exist);
+        alternatives: the methods that need no linear head (the caller knows them)."""
         if not self.linear:
+            names = list(alternatives or [])
+            use = (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else
+                   names[0] if names else "a method that reads only the logits")
             raise EdgeoodError(f"{method} needs a linear classifier head (W, b, z); this model "
-                               f"has {self.pattern}; use {LOGIT_METHODS}")
+                               f"has {self.pattern}; use {use}")
 
 
 def _producer(t: gs.Tensor):

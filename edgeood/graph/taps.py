@@ -1,4 +1,5 @@
-"""Expose intermediate tensors as graph outputs, and find FeatureNorm's candidate blocks."""
+"""Expose intermediate tensors as graph outputs, and find the candidate blocks of the methods
+that read feature maps."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -43,10 +44,10 @@ def _feature_map_before_pool(graph: gs.Graph, head: ClassifierHead) -> gs.Tensor
 
 
 def find_block_candidates(graph: gs.Graph, head: ClassifierHead) -> list[str]:
-    """FeatureNorm candidates (docs/methods/featurenorm.md): outputs of residual Add nodes (through a following
-    Relu), the last tensor before each spatial down-sampling (looking through Pad), and the
-    final feature map that is pooled into z (or, without a linear head, that goes into the
-    head's conv / pool)."""
+    """Candidate blocks for the methods that read feature maps: outputs of residual Add nodes
+    (through a following Relu), the last tensor before each spatial down-sampling (looking
+    through Pad), and the final feature map that is pooled into z (or, without a linear head,
+    that goes into the head's conv / pool)."""
     found: list[str] = []
     inputs = {t.name for t in graph.inputs}
     for node in graph.nodes:

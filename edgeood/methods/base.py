@@ -1,17 +1,19 @@
-"""The interface every scoring method implements, and the method registry.
+"""The interface every scoring method implements: the maths and what it needs.
 
 A method never touches ONNX Runtime, files or the CLI: it declares what it needs (taps, passes
 over the data, labels, jigsaw images, a linear head, a tune space), fits its statistics on
 streamed batches of tap values, appends its scoring subgraph, carries a NumPy reference of the
-same formula, and says what it saved (describe) and how its CLI row reads (summary). Nothing
-outside its module knows its formula or its fitted keys.
+same formula, and says what it saved (describe). How it is shown (the CLI's rows and tables,
+the docs' catalogue, the demo) is its Presentation (edgeood.methods.presentation), a nested
+class in the same file. Nothing outside its module knows its formula or its fitted keys.
 
 Tap keys: "logits", "z" (the penultimate feature vector), "input" (the graph input), "labels"
 (fit only: the ID labels, or the predictions where the data has none), a tensor name of the
 graph (blocks), or '<method>/<name>' for tensors a method computes itself.
 
-Adding a method = one new module in edgeood/methods/ with a @register'ed subclass, imported in
-edgeood/methods/__init__.py (or anywhere before create() is called).
+Adding a method = one file with a @register'ed subclass: a new module in edgeood/methods/
+(found by the registry on first use), or a module of another package named in its
+`edgeood.methods` entry point (edgeood.methods.registry).
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.graph.head import ClassifierHead
 from edgeood.graph.ops import constant
 
-REGISTRY: dict[str, type["Method"]] = {}
 
 
 @dataclass
@@ -57,6 +58,10 @@ class Method:
     # threshold and p-value reference: a method whose statistics memorise the fitting images
     # (a nearest-neighbour bank) would otherwise score its own calibration images too high
     calibration_holdout: ClassVar[float] = 0.0
+    # where the method stands in every listing (the registry, --help, the demo, the docs);
+    # ties keep the registration order
+    order: ClassVar[float] = 1000.0
+    by_default: ClassVar[bool] = False           # folded when no method is named
 
     def __init__(self, **params: Any):
         accepted = self.accepted_params()
@@ -87,7 +92,9 @@ class Method:
     def bind(self, model: ModelInfo) -> None:
         """Attach the classifier; refuse a model this method cannot score."""
         if self.needs_linear_head:
-            model.head.require_linear(self.name)
+            linear_free = sorted((c for c in REGISTRY.values() if not c.needs_linear_head),
+                                 key=lambda c: c.order)
+            model.head.require_linear(self.name, [c.name for c in linear_free])
         self.model = model
         self.check_model(model)
 
@@ -167,25 +174,6 @@ class Method:
             out["warnings"] = list(self.warnings)
         return out
 
-    @classmethod
-    def summary(cls, entry: dict[str, Any]) -> str:
-        """One short phrase for the CLI's method table, from the metadata entry."""
-        tuning = entry.get("tuning")
-        if tuning:
-            chosen = ", ".join(f"{k} {tuning[k]:g}" for k in cls.tune_space if k in tuning)
-            return f"{chosen} ({tuning['against']} AUROC {tuning['auroc']:.3f})"
-        return ""
-
-    @classmethod
-    def detail_table(cls, entry: dict[str, Any]) -> tuple[str, list[str], list[list]] | None:
-        """An optional (title, columns, rows) table the CLI prints below the method table."""
-        return None
-
-    @classmethod
-    def constant_scopes(cls, entry: dict[str, Any]) -> tuple[str, ...]:
-        """Name prefixes of this method's constants in the graph (for size reports)."""
-        return (f"{cls.name}/",)
-
 
 def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
     """Convert a CLI/recipe value to the type of the parameter's default."""
@@ -221,59 +209,19 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+# --- registration: a method module registers its class here (the registry in
+# edgeood.methods.registry finds the modules and reads this table) ---------------------------
+REGISTRY: dict[str, type[Method]] = {}  # in registration order; registry() sorts it
+
+
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available by its name."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} needs a name")
+    old = REGISTRY.get(cls.name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise EdgeoodError(f"two methods are named '{cls.name}' ({old.__module__}."
+                           f"{old.__qualname__} and {cls.__module__}.{cls.__qualname__}); "
+                           "rename one")
     REGISTRY[cls.name] = cls
     return cls
-
-
-def method_class(name: str) -> type[Method]:
-    """The registered class of a method, with a 'did you mean' for typos."""
-    from edgeood import methods as _  # noqa: F401  (registers the built-in methods)
-    if name not in REGISTRY:
-        raise EdgeoodError(f"unknown method '{name}'{did_you_mean(name, REGISTRY)}; "
-                           f"available: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
-
-
-def create(name: str, params: dict[str, Any] | None = None) -> Method:
-    """A method instance by name."""
-    return method_class(name)(**(params or {}))
-
-
-def parse_params(items: list[str] | None) -> dict[str, dict[str, str]]:
-    """['react.percentile=95', ...] -> {'react': {'percentile': '95'}}."""
-    out: dict[str, dict[str, str]] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        method, dot, param = key.strip().partition(".")
-        if not sep or not dot or not method or not param:
-            raise EdgeoodError(f"--param '{item}' is not METHOD.NAME=VALUE; "
-                               "write e.g. --param react.percentile=95")
-        out.setdefault(method, {})[param] = value.strip()
-    return out
-
-
-def from_metadata(name: str, entry: dict[str, Any], model: ModelInfo,
-                  constants: dict[str, np.ndarray] | None = None) -> Method:
-    """Rebuild a fitted method from its metadata entry and, for the statistics it keeps in the
-    graph, the detector's constants (edgeood.artifact.metadata.read_constants): it then scores exactly
-    like the folded graph."""
-    cls = method_class(name)
-    m = cls(**{k: v for k, v in entry.items() if k in cls.accepted_params()})
-    m.bind(model)
-    m.fitted = {k: _array_or_value(entry[k]) for k in cls.fitted_keys if k in entry}
-    for key, const_name in entry.get("graph_arrays", {}).items():
-        if constants is None or const_name not in constants:
-            raise EdgeoodError(f"{name}: its fitted '{key}' lives in the detector graph as "
-                               f"'{const_name}'; pass the detector's constants")
-        m.fitted[key] = np.asarray(constants[const_name])
-    m.tuning = entry.get("tuning")
-    m.warnings = list(entry.get("warnings", []))
-    return m
-
-
-def _array_or_value(v: Any) -> Any:
-    return np.asarray(v) if isinstance(v, list) and v and not isinstance(v[0], str) else v

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import logsumexp
 
@@ -13,6 +14,8 @@ class Energy(Method):
 
     name = "energy"
     defaults = {"temperature": 1.0}
+    order = 10
+    by_default = True
 
     def build(self, graph, t):
         logits = t["logits"]
@@ -25,3 +28,8 @@ class Energy(Method):
     def reference(self, taps):
         temp = self.params["temperature"]
         return temp * logsumexp(np.asarray(taps["logits"], np.float64) / temp)
+
+    class Presentation(presentation.Presentation):
+        score = "T logsumexp(l / T), T = 1"
+        notes = 'one ReduceLogSumExp (max-shifted for TensorRT, see "Head nodes")'
+        lite0 = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeood.errors import EdgeoodError, did_you_mean
+from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
 
 
@@ -42,6 +43,8 @@ class FeatureNorm(Method):
     fitted_keys = ("norm_ratios", "selected_block")
     needs_fit = True
     needs_jigsaw = True
+    order = 60
+    by_default = True
 
     def _candidates(self) -> list[str]:
         cands = list(self.params["candidates"]) or list(self.model.candidates)
@@ -99,14 +102,23 @@ class FeatureNorm(Method):
                 raise EdgeoodError(f"featurenorm block '{b}' is not a tensor of the graph"
                                    f"{did_you_mean(b, model.tensors)}")
 
-    @classmethod
-    def detail_table(cls, entry):
-        ratios = entry.get("norm_ratios")
-        if not ratios:
-            return None
-        return ("FeatureNorm NormRatio per candidate block (largest is selected)",
-                ["block", "NormRatio"], [[k, v] for k, v in ratios.items()])
+    class Presentation(presentation.Presentation):
+        score = "mean_c ‖relu(F_b)[c]‖₂ of block b"
+        fits = "b = argmax NormRatio over candidates (jigsaw, seeded)"
+        notes = "every candidate's NormRatio in the metadata"
+        lite0 = True
 
-    @classmethod
-    def summary(cls, entry):
-        return f"block {entry['selected_block']}" if entry.get("selected_block") else ""
+        def detail_table(self, entry):
+            ratios = entry.get("norm_ratios")
+            if not ratios:
+                return None
+            return ("FeatureNorm NormRatio per candidate block (largest is selected)",
+                    ["block", "NormRatio"], [[k, v] for k, v in ratios.items()])
+
+        def summary(self, entry):
+            return f"block {entry['selected_block']}" if entry.get("selected_block") else ""
+
+        def lite0_report(self, entry):
+            return (f"FeatureNorm selected {entry['selected_block']}",
+                    {"norm_ratios": entry["norm_ratios"],
+                     "selected_block": entry["selected_block"]})

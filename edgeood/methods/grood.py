@@ -46,24 +46,20 @@ from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.graph.ops import constant
 from edgeood.graph.subgraph import clone_between
 from edgeood.graph.taps import resolve
+from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
+from edgeood.methods.blocks.nearest import (  # noqa: F401  (kmeans, reduce_bank: tests)
+    CHUNK, kmeans, nearest_sq_distance, nearest_sq_distance_graph, reduce_bank, sq_distances,
+    sq_distances_graph, sq_norms)
 from edgeood.progress import warn
 
 MEANS_INPUT = "grood/block_means"
 Z_MIX = "grood/z_mix"
 PROTOTYPES = ("mixup", "jigsaw", "data")
 REDUCTIONS = ("random", "kmeans")
-CHUNK = 4096
 
 
 # --- NumPy pieces (float64), shared by the fit, the reference and the tests ------------------
-def sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """||a_i - b_j||^2 for all pairs, as ||a||^2 - 2 a b^T + ||b||^2 clamped at 0 (float64)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    d = (a * a).sum(1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
-    return np.maximum(d, 0.0)
-
-
 def ood_gradient(z: np.ndarray, prototypes: np.ndarray, p_ood: np.ndarray) -> np.ndarray:
     """g = pi_ood (z - p_ood) / max(||z - p_ood||, 1e-12), pi = softmax(-||z - p_j||) over the
     class prototypes and p_ood: d CE(s, y) / d p_ood for every y that is not the OOD index."""
@@ -75,61 +71,6 @@ def ood_gradient(z: np.ndarray, prototypes: np.ndarray, p_ood: np.ndarray) -> np
     e = np.exp(s - s.max(1, keepdims=True))
     pi_ood = e[:, -1:] / e.sum(1, keepdims=True)
     return pi_ood * diff / np.maximum(d_ood, 1e-12)
-
-
-def nearest_sq_distance(g: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """min_i ||g - G_i||^2 per row (exact; chunked over rows)."""
-    g, bank = np.asarray(g, np.float64), np.asarray(bank, np.float64)
-    gg, bb = (g * g).sum(1), (bank * bank).sum(1)
-    out = np.empty(len(g))
-    for s in range(0, len(g), CHUNK):
-        out[s:s + CHUNK] = gg[s:s + CHUNK] + (bb[None, :] - 2.0 * g[s:s + CHUNK] @ bank.T).min(1)
-    return out
-
-
-def _assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    cc = (centres * centres).sum(1)
-    out = np.empty(len(x), np.int64)
-    for s in range(0, len(x), CHUNK):
-        out[s:s + CHUNK] = (cc[None, :] - 2.0 * x[s:s + CHUNK] @ centres.T).argmin(1)
-    return out
-
-
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 10) -> np.ndarray:
-    """k centres of the rows of x: k-means++ start (seeded), then Lloyd iterations (empty
-    clusters keep their centre); deterministic for a seed. float64."""
-    x = np.asarray(x, np.float64)
-    n = len(x)
-    rng = np.random.default_rng(seed)
-    idx = [int(rng.integers(n))]
-    d2 = ((x - x[idx[0]]) ** 2).sum(1)
-    for _ in range(1, k):
-        total = d2.sum()
-        nxt = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.integers(n))
-        idx.append(nxt)
-        d2 = np.minimum(d2, ((x - x[nxt]) ** 2).sum(1))
-    centres = x[idx].copy()
-    for _ in range(iterations):
-        assign = _assign(x, centres)
-        counts = np.bincount(assign, minlength=k)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, assign, x)
-        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
-        if np.array_equal(new, centres):
-            break
-        centres = new
-    return centres
-
-
-def reduce_bank(bank: np.ndarray, size: int, how: str, seed: int, iterations: int) -> np.ndarray:
-    """The bank itself (size 0 or >= its rows), a seeded random subset of its rows (kept in
-    order), or k-means centres."""
-    if size <= 0 or size >= len(bank):
-        return bank
-    if how == "random":
-        rows = np.sort(np.random.default_rng(seed).choice(len(bank), size, replace=False))
-        return bank[rows]
-    return kmeans(bank, size, seed, iterations)
 
 
 @register
@@ -147,6 +88,7 @@ class Grood(Method):
     needs_labels = True
     needs_linear_head = True
     calibration_holdout = 0.5  # split conformal: the bank would hold its own calibration images
+    order = 90
 
     # --- parameters ---------------------------------------------------------------------------
     def validate(self):
@@ -300,7 +242,6 @@ class Grood(Method):
         bank = reduce_bank(bank, int(self.params["bank_size"]), self.params["bank_reduce"],
                            int(self.params["seed"]), int(self.params["kmeans_iterations"]))
         bank = bank.astype(np.float32)
-        b64 = bank.astype(np.float64)
         self.fitted.update(
             selected_mix_block=self.mix_block() if self.mixup else "",
             correct_count=len(correct),
@@ -310,7 +251,7 @@ class Grood(Method):
             class_ids=ids.astype(np.int64),
             ood_prototype=p_ood.astype(np.float32).reshape(1, -1),
             bank=bank,
-            bank_sq_norms=(b64 * b64).sum(1).astype(np.float32).reshape(1, -1),
+            bank_sq_norms=sq_norms(bank),
         )
 
     # --- scoring ------------------------------------------------------------------------------
@@ -324,20 +265,14 @@ class Grood(Method):
         protos = self.array_constant(graph, "prototypes")
         p64 = np.asarray(f["prototypes"], np.float64)
         proto_sq = constant(graph, (p64 * p64).sum(1).reshape(1, -1))
-        zz = graph.reduce("ReduceSumSquare", z, [1], keepdims=True)
-        # ||z - p||^2 = ||z||^2 - 2 z p^T + ||p||^2 (one Gemm), clamped at 0
-        d2 = graph.maximum(graph.add(graph.gemm(z, protos, proto_sq, trans_b=True,
-                                                attrs={"alpha": -2.0}), zz), np.float32(0))
+        d2 = sq_distances_graph(graph, z, protos, proto_sq)
         diff = graph.sub(z, self.array_constant(graph, "ood_prototype"))
         d_ood = graph.reduce("ReduceL2", diff, [1], keepdims=True)
         s = graph.neg(graph.concat([graph.sqrt(d2), d_ood], axis=1))
         pi_ood = graph.slice_(graph.softmax(s, 1), k, k + 1, axis=1)
         g = graph.mul(diff, graph.div(pi_ood, graph.maximum(d_ood, np.float32(1e-12))))
-        gg = graph.reduce("ReduceSumSquare", g, [1], keepdims=False)
-        cross = graph.gemm(g, self.array_constant(graph, "bank"),
-                           self.array_constant(graph, "bank_sq_norms"), trans_b=True,
-                           attrs={"alpha": -2.0})
-        nearest = graph.add(gg, graph.reduce("ReduceMin", cross, [1], keepdims=False))
+        nearest = nearest_sq_distance_graph(graph, g, self.array_constant(graph, "bank"),
+                                            self.array_constant(graph, "bank_sq_norms"))
         ids = constant(graph, f["class_ids"], "class_ids", dtype=np.int64)
         self.graph_outputs["grood_label"] = graph.gather(ids, graph.argmax(graph.neg(d2), 1), 0)
         return graph.neg(nearest)
@@ -365,15 +300,32 @@ class Grood(Method):
                 "bank_bytes": int(n * d * 4 + n * 4), "constant_bytes": arrays,
                 "prototype_count": len(f["prototypes"])}
 
-    @classmethod
-    def summary(cls, entry):
-        if "bank_entries" not in entry:
-            return ""
-        red = entry["bank_reduction"]
-        bank = f"bank {entry['bank_entries']}" + (
-            f" ({red} of {entry['correct_count']})" if red != "none" else "")
-        kind = entry["ood_prototype"]
-        where = f" at {entry['selected_mix_block']}" if kind == "mixup" else ""
-        size = entry["bank_bytes"]
-        size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
-        return f"{bank}, {size}; p_ood {kind}{where}"
+    class Presentation(presentation.Presentation):
+        score = ("−min_i ‖g − G_i‖², g = π_ood (z − p_ood) / "
+                 "‖z − p_ood‖ (d CE / d p_ood), π = softmax(−‖z − "
+                 "p_j‖) over the class prototypes and p_ood")
+        fits = ("class prototypes (labels, else predictions), p_ood (mix-up at a mid-depth "
+                "block, or `--ood-val`, or jigsaw), bank G of g of the correctly classified "
+                "images (two passes)")
+        notes = ("exact nearest neighbour (one Gemm + ReduceMin; the official code: faiss IVF); "
+                 "extra output `grood_label`; `bank_size` / `bank_reduce` shrink the bank")
+        bank_fraction = 0.1  # the demo's reduced banks: 10% of the full bank's rows
+
+        def summary(self, entry):
+            if "bank_entries" not in entry:
+                return ""
+            red = entry["bank_reduction"]
+            bank = f"bank {entry['bank_entries']}" + (
+                f" ({red} of {entry['correct_count']})" if red != "none" else "")
+            kind = entry["ood_prototype"]
+            where = f" at {entry['selected_mix_block']}" if kind == "mixup" else ""
+            size = entry["bank_bytes"]
+            size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+            return f"{bank}, {size}; p_ood {kind}{where}"
+
+        def demo_variants(self, entry):
+            """The bank reduced to bank_fraction of its rows, by random rows and by k-means."""
+            rows = max(1, round(self.bank_fraction * entry["bank_entries"]))
+            return [presentation.DemoVariant(
+                f"{self.method.name} ({self.bank_fraction:.0%} {how} bank, {rows} rows)",
+                {"bank_size": rows, "bank_reduce": how}) for how in ("random", "kmeans")]

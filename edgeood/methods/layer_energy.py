@@ -26,6 +26,7 @@ import numpy as np
 
 from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.graph.ops import constant
+from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import logsumexp
 from edgeood.stats.metrics import auroc
@@ -57,6 +58,7 @@ class LayerEnergy(Method):
                    "combined_auroc")
     needs_fit = True
     needs_jigsaw = True
+    order = 100
 
     def validate(self):
         if self.params["m"] < 1:
@@ -163,24 +165,36 @@ class LayerEnergy(Method):
         return self._combine(energies)
 
     # --- shown -----------------------------------------------------------------------------
-    @classmethod
-    def summary(cls, entry):
-        sel, stats = entry.get("selected_layers"), entry.get("layer_stats") or {}
-        if not sel:
-            return ""
-        signs = "".join("+" if stats[n]["sign"] > 0 else "-" for n in sel)
-        return (f"mean of {len(sel)}/{len(stats)} layers (signs {signs}), "
-                f"{entry['oriented_against']} AUROC {entry['combined_auroc']:.3f}")
+    class Presentation(presentation.Presentation):
+        score = ("mean over the m kept layers of s_l (E_l − μ_l) / σ_l, E_l = "
+                 "logsumexp of all C·H·W raw activations of layer l")
+        fits = ("μ_l, σ_l on ID; sign s_l and the m (3) layers with the best AUROC vs "
+                "jigsaw (or `--ood-val`)")
+        notes = ("aggregation is edgeood's own (the paper's is unpublished); every layer's AUROC "
+                 "/ sign / μ / σ in the metadata")
 
-    @classmethod
-    def detail_table(cls, entry):
-        stats = entry.get("layer_stats")
-        if not stats:
-            return None
-        sel = set(entry.get("selected_layers") or [])
-        title = (f"Layer energy per candidate layer (AUROC vs {entry.get('oriented_against')} "
-                 f"after orientation; the score averages the best {len(sel)})")
-        return (title,
-                ["layer", "AUROC", "sign", "mu", "sigma", "selected"],
-                [[k, v["auroc"], "+1" if v["sign"] > 0 else "-1", v["mu"], v["sigma"],
-                  "yes" if k in sel else ""] for k, v in stats.items()])
+        def summary(self, entry):
+            sel, stats = entry.get("selected_layers"), entry.get("layer_stats") or {}
+            if not sel:
+                return ""
+            signs = "".join("+" if stats[n]["sign"] > 0 else "-" for n in sel)
+            return (f"mean of {len(sel)}/{len(stats)} layers (signs {signs}), "
+                    f"{entry['oriented_against']} AUROC {entry['combined_auroc']:.3f}")
+
+        def detail_table(self, entry):
+            stats = entry.get("layer_stats")
+            if not stats:
+                return None
+            sel = set(entry.get("selected_layers") or [])
+            title = (f"Layer energy per candidate layer (AUROC vs "
+                     f"{entry.get('oriented_against')} after orientation; the score averages "
+                     f"the best {len(sel)})")
+            return (title,
+                    ["layer", "AUROC", "sign", "mu", "sigma", "selected"],
+                    [[k, v["auroc"], "+1" if v["sign"] > 0 else "-1", v["mu"], v["sigma"],
+                      "yes" if k in sel else ""] for k, v in stats.items()])
+
+        def demo_variants(self, entry):
+            """The same method on the shipped CNN fine-tuned with the layer-energy margin."""
+            return [presentation.DemoVariant(f"{self.method.name} (regularised CNN)", {},
+                                             model="regularised")]

@@ -21,5 +21,5 @@ def linear(z: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 
 def k_from_percentile(d: int, percentile: float) -> int:
-    """k = D - round(D * p / 100), round half to even (the method definition's rounding)."""
+    """k = D - round(D * p / 100), round-half-to-even (NumPy's round, as the graph's Round)."""
     return int(d - np.round(d * percentile / 100.0))

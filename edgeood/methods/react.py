@@ -5,6 +5,7 @@ import numpy as np
 
 from edgeood.errors import EdgeoodError
 from edgeood.graph.head import apply_head
+from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import linear, logsumexp
 
@@ -22,6 +23,8 @@ class ReAct(Method):
     fitted_keys = ("threshold_activation",)
     needs_fit = True
     needs_linear_head = True
+    order = 40
+    by_default = True
 
     def validate(self):
         if not 0 < self.params["percentile"] <= 100:
@@ -41,10 +44,6 @@ class ReAct(Method):
     def taps(self):
         return ["z"]
 
-    @classmethod
-    def summary(cls, entry):
-        return f"clip {entry['threshold_activation']:.4g}" if "threshold_activation" in entry else ""
-
     def build(self, graph, t):
         clipped = graph.minimum(t["z"], np.float32(self.fitted["threshold_activation"]))
         return graph.logsumexp(apply_head(graph, self.head, clipped), 1)
@@ -52,3 +51,12 @@ class ReAct(Method):
     def reference(self, taps):
         z = np.minimum(np.asarray(taps["z"], np.float64), self.fitted["threshold_activation"])
         return logsumexp(linear(z, self.head.weight, self.head.bias))
+
+    class Presentation(presentation.Presentation):
+        score = "energy(W min(z, t) + b)"
+        fits = "t = p-th percentile (90) of all ID activations"
+        notes = "exact percentile"
+
+        def summary(self, entry):
+            return f"clip {entry['threshold_activation']:.4g}" if "threshold_activation" in entry \
+                else ""

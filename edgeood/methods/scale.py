@@ -5,6 +5,7 @@ import numpy as np
 
 from edgeood.errors import EdgeoodError
 from edgeood.graph.head import apply_head
+from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
 from edgeood.methods.numeric import k_from_percentile, linear, logsumexp
 
@@ -21,6 +22,8 @@ class Scale(Method):
     name = "scale"
     defaults = {"percentile": 85.0}
     needs_linear_head = True
+    order = 50
+    by_default = True
 
     def validate(self):
         if not 0 <= self.params["percentile"] < 100:
@@ -31,10 +34,6 @@ class Scale(Method):
 
     def derived(self):
         return {"k": self.k()}
-
-    @classmethod
-    def summary(cls, entry):
-        return f"k {entry['k']}" if "k" in entry else ""
 
     def taps(self):
         return ["z"]
@@ -52,3 +51,11 @@ class Scale(Method):
         top = -np.sort(-a, axis=1)[:, : self.k()]
         s = np.exp(a.sum(1, keepdims=True) / top.sum(1, keepdims=True))
         return logsumexp(linear(a * s, self.head.weight, self.head.bias))
+
+    class Presentation(presentation.Presentation):
+        score = ("energy(W (z s) + b), s = exp(sum z / sum topk(z, k)), k = D - round(D p/100), "
+                 "p = 85")
+        notes = "W (z s) + b with the head's own Gemm"
+
+        def summary(self, entry):
+            return f"k {entry['k']}" if "k" in entry else ""

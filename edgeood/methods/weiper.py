@@ -5,7 +5,7 @@ a seeded generator and frozen into the graph; L~ = W~ z + b~ (r C values).
 - weiper_msp: MSP_W = (1/r) sum_i max_c softmax(W~_i z + b)_c.
 - weiper_kld: score = -(d_z + lambda1 d_L - lambda2 MSP_W), d the symmetric KL divergence
   between the mean ID histogram (of z values, resp. L~ values) and the sample's own histogram,
-  smoothed with a uniform kernel (replicate padding); docs/methods/weiper.md has the hyperparameters.
+  smoothed with a uniform kernel (replicate padding).
 
 In the graph, W~ is stored as the perturbation P only (W~ z = W z + P z, and W z + b are the
 classifier's own logits), optionally in float16 (`storage=float16`; the head computes in
@@ -15,7 +15,7 @@ default): P z as a float16 Gemm over a float16 backbone, P stored int8 over an i
 `projection=float32` keeps it float32.
 
 Histograms (`histogram=auto`, the default) are exact integer counts, as `histograms()`
-(`edgeood/methods/bincount.py`): at opset >= 16 and for rows of at least SCATTER_MIN_VALUES
+(edgeood.methods.blocks.histogram): at opset >= 16 and for rows of at least SCATTER_MIN_VALUES
 values a bin index per value, corrected by one GatherElements of the edges, and ONE
 ScatterElements(reduction="add") for the z and the L~ values together (O(M)); otherwise
 (below opset 16, short rows, `histogram=compare`) counts of values below each edge
@@ -46,13 +46,14 @@ import numpy as np
 
 from edgeood.errors import EdgeoodError
 from edgeood.graph.ops import constant, scope
+from edgeood.methods import presentation
 from edgeood.methods.base import Method, register
-from edgeood.methods.bincount import (  # noqa: F401  (bin_estimator, graph_bin_counts: tests)
-    Row, bin_estimator, graph_bin_counts, graph_raw_counts, histogram_form, raw_to_bins,
-    settle_forms)
+from edgeood.methods.blocks.histogram import (  # noqa: F401  (bin_estimator, graph_bin_counts: tests)
+    Row, bin_estimator, graph_bin_counts, graph_raw_counts, histogram_form, histograms,
+    raw_to_bins, settle_forms)
 from edgeood.methods.numeric import softmax
 
-# (r, delta, n_bins, lambda1, lambda2, s1, s2): the paper's settings, chosen by the number of classes
+# (r, delta, n_bins, lambda1, lambda2, s1, s2), the published presets, by the number of classes
 PRESETS = {
     "cifar10": (100, 1.8, 100, 2.5, 0.1, 4, 15),
     "cifar100": (100, 2.4, 100, 0.1, 1.0, 4, 40),
@@ -93,13 +94,6 @@ def histogram_edges(lo: float, hi: float, n_bins: int) -> np.ndarray:
     if edges[-1] <= np.float32(hi):
         edges[-1] = np.nextafter(np.float32(hi), np.float32(np.inf))
     return edges
-
-
-def histograms(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Per-row histograms over [e_j, e_j+1), outside values dropped, divided by the row length."""
-    v = np.asarray(values, np.float32)
-    below = np.stack([(v < e).sum(axis=1) for e in edges], axis=1)
-    return np.diff(below, axis=1) / v.shape[1]
 
 
 def smooth(h: np.ndarray, s: int) -> np.ndarray:
@@ -341,18 +335,19 @@ class _WeiPer(Method):
                 "perturbation_bytes": int(stored),
                 "projection_dtype": "float16" if self._half_projection() else "float32"}
 
-    @classmethod
-    def summary(cls, entry):
-        if "perturbation_bytes" not in entry:
-            return ""
-        r, d = entry["perturbation_shape"]
-        return (f"W~ adds {entry['perturbation_bytes'] / 1e6:.1f} MB ({r} x {d} "
-                f"{entry['storage']}, preset {entry['preset']}; shared by weiper methods with "
-                "the same seed)")
+    class Presentation(presentation.Presentation):
+        notes = "hyperparameters by class count (presets)"
 
-    @classmethod
-    def constant_scopes(cls, entry):
-        return (f"{cls.name}/", "weiper/")
+        def summary(self, entry):
+            if "perturbation_bytes" not in entry:
+                return ""
+            r, d = entry["perturbation_shape"]
+            return (f"W~ adds {entry['perturbation_bytes'] / 1e6:.1f} MB ({r} x {d} "
+                    f"{entry['storage']}, preset {entry['preset']}; shared by weiper methods "
+                    "with the same seed)")
+
+        def constant_scopes(self, entry):
+            return (f"{self.method.name}/", "weiper/")
 
 
 @register
@@ -362,6 +357,12 @@ class WeiPerMSP(_WeiPer):
     name = "weiper_msp"
     uses_kld = False
     needs_fit = False
+    order = 80
+
+    class Presentation(_WeiPer.Presentation):
+        score = ("mean over r perturbed heads W~ = W + δ‖W_c‖ n/‖n‖ of max "
+                 "softmax")
+        fits = "- (one frozen seeded perturbation)"
 
 
 @register
@@ -370,3 +371,13 @@ class WeiPerKLD(_WeiPer):
 
     name = "weiper_kld"
     uses_kld = True
+    order = 81
+
+    class Presentation(_WeiPer.Presentation):
+        score = ("−(d_z + λ1 d_L − λ2 MSP_W), symmetric KL of smoothed "
+                 "histograms of z and of W~z+b~ vs the ID mean")
+        fits = "global min/max, then mean ID histograms (two passes)"
+        notes = ("exact histograms: a bin index + one ScatterElements count for the z and the "
+                 "W~z+b~ values together (compare-and-count below opset 16, for short rows and "
+                 "for TensorRT 8.6); one Gemm smooths both; hyperparameters by class count "
+                 "(presets)")

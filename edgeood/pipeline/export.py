@@ -30,7 +30,8 @@ from edgeood.graph.model import (batch_dim, file_sha256, input_chw, load_model, 
 from edgeood.graph.signature import io_spec
 from edgeood.graph.taps import find_block_candidates, resolve
 from edgeood.artifact.metadata import SCHEMA_VERSION, read_metadata, save_detector, session_source
-from edgeood.methods.base import Method, ModelInfo, create, method_class, parse_params
+from edgeood.methods.base import Method, ModelInfo
+from edgeood.methods.registry import create, method_class, parse_params
 from edgeood.progress import stage, warn
 from edgeood.pipeline.recipes import Recipe, check_channels, load_recipe
 from edgeood.resize import HALF_PIXEL_LINEAR
@@ -247,8 +248,8 @@ def monitor_options(names: list[str], primary: str, arl=None, delta=None, stride
 
 
 def _registered() -> list[str]:
-    from edgeood.methods.base import REGISTRY
-    return list(REGISTRY)
+    from edgeood.methods.registry import registry
+    return list(registry())
 
 
 def _with_tune(params, names: list[str]):

@@ -119,7 +119,7 @@ def check_recipe(data: dict, path: Path) -> Recipe:
     default = methods.pop("default", [])
     if not isinstance(default, list) or not all(isinstance(m, str) for m in default):
         raise bad("[methods] default", "must be a list of method names")
-    from edgeood.methods.base import method_class
+    from edgeood.methods.registry import method_class
 
     def method(name: str, key: str):
         try:

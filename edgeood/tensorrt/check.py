@@ -128,8 +128,9 @@ def check_target(model: onnx.ModelProto, target: str) -> tuple[list[str], list[s
                 if not t.scatter_reduction:
                     problems.append(f"{name(node)}: reduction={reduction} is ignored by "
                                     f"{t.name}'s parser (a plain scatter: duplicates overwrite "
-                                    "instead of accumulating); export at opset < 16, or for "
-                                    "WeiPer with --param weiper_kld.histogram=compare")
+                                    "instead of accumulating); export at opset < 16, or set the "
+                                    "method's histogram to compare-and-count (--param "
+                                    "METHOD.histogram=compare)")
         if t.strongly_typed and node.op_type in SAME_TYPE_OPS:
             float_in = {types.get(i) for i in node.input[:3 if node.op_type != "BatchNormalization"
                                                          else 1] if i and types.get(i)}

@@ -9,7 +9,7 @@ import onnx
 from edgeood.artifact.names import PVALUE_PREFIX, SCORE_PREFIX, TAP_PREFIX
 from edgeood.graph.model import model_opset
 from edgeood.artifact.metadata import read_metadata
-from edgeood.methods.base import method_class
+from edgeood.methods.presentation import presentation
 
 HEAD_SCOPES = (SCORE_PREFIX, PVALUE_PREFIX, "pvalues", "decision", TAP_PREFIX.rstrip("_"),
                "monitor")
@@ -34,7 +34,7 @@ def describe(path, fps: float = 30.0) -> dict:
         return info
     model = onnx.load(str(path), load_external_data=False)
     scopes = tuple(s for m, entry in meta["methods"].items()
-                   for s in method_class(m).constant_scopes(entry)) + HEAD_SCOPES
+                   for s in presentation(m).constant_scopes(entry)) + HEAD_SCOPES
     total = head = 0
     for init in model.graph.initializer:
         n = int(np.prod(init.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize

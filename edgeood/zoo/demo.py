@@ -1,11 +1,13 @@
 """`edgeood demo`: the main job on the embedded defaults.
 
 1. Digits benchmark: the shipped digits CNN (or, with retrain, one trained here), exported with
-   every method (AdaSCALE with p_max tuned against jigsaw images), calibrated on the ID val split,
-   evaluated on ID test vs near-OOD (digits 6-9) and far-OOD (photo patches, noise); the report
-   as a Markdown table in digits_table.md (the README's table is this file's content).
-2. EfficientNet-Lite0 (ImageNet weights): export with the logit methods and FeatureNorm,
-   calibrate on crops of bundled photographs, profile plain classifier vs detector.
+   every method (each with the demo parameters its Presentation declares), calibrated on the ID
+   val split, evaluated on ID test vs near-OOD (digits 6-9) and far-OOD (photo patches, noise),
+   plus the variants the methods declare; the report as a Markdown table in digits_table.md
+   (the README's table is this file's content).
+2. EfficientNet-Lite0 (ImageNet weights): export with the methods whose Presentation says
+   lite0, calibrate on crops of bundled photographs, profile plain classifier vs detector.
+The method lists come from the registry (edgeood.methods.registry), in its listing order.
 Writes the detectors, the data as .npz (for trying the CLI on them), digits_table.md and
 demo_result.json.
 """
@@ -19,15 +21,38 @@ import numpy as np
 from edgeood.api import export
 from edgeood.tools.evaluate import evaluate
 from edgeood.artifact.metadata import dumps
+from edgeood.methods.presentation import presentation
+from edgeood.methods.registry import registry
 
-DIGITS_METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm", "adascale_a",
-                  "adascale_l", "weiper_msp", "weiper_kld", "grood", "layer_energy"]
-BANK_FRACTION = 0.1  # GROOD's reduced banks in the demo: 10% of the full bank's rows
-# AdaSCALE's p_max chosen against jigsaw pseudo-OOD (its defaults invert on this small CNN)
-DIGITS_PARAMS = {"adascale_a": {"tune": True}, "adascale_l": {"tune": True}}
-LITE0_METHODS = ["energy", "msp", "maxlogit", "featurenorm"]
 # OOD set name in the report -> its column prefix in the Markdown table
 DIGITS_OOD = {"near (digits 6-9)": "near", "far (photos+noise)": "far"}
+
+
+def digits_methods() -> list[str]:
+    """The methods of the digits detector: every registered one its Presentation keeps in
+    the demo."""
+    return [n for n, cls in registry().items() if presentation(cls).demo]
+
+
+def digits_params() -> dict[str, dict]:
+    """The digits detector's parameters, as each method's Presentation declares them."""
+    return {n: dict(p) for n in digits_methods() if (p := presentation(n).demo_params)}
+
+
+def lite0_methods() -> list[str]:
+    """The methods of the EfficientNet-Lite0 detector."""
+    return [n for n, cls in registry().items() if presentation(cls).lite0]
+
+
+_LISTS = {"DIGITS_METHODS": digits_methods, "DIGITS_PARAMS": digits_params,
+          "LITE0_METHODS": lite0_methods}
+
+
+def __getattr__(name):
+    """DIGITS_METHODS, DIGITS_PARAMS, LITE0_METHODS: the lists above, computed on use."""
+    if name in _LISTS:
+        return _LISTS[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def digits_table(report: dict) -> str:
@@ -68,19 +93,17 @@ def run_digits(out: Path, progress: bool, echo, retrain: bool = False) -> dict:
     np.savez(out / "digits_near_ood.npz", images=data.near)
     np.savez(out / "digits_far_ood.npz", images=data.far)
     val = out / "digits_id_val.npz"  # with labels (GROOD's class prototypes)
-    res = export(model, data=val, methods=DIGITS_METHODS, recipe="digits_cnn",
-                 params=DIGITS_PARAMS, out=out / "digits.detector.onnx", progress=progress)
+    res = export(model, data=val, methods=digits_methods(), recipe="digits_cnn",
+                 params=digits_params(), out=out / "digits.detector.onnx", progress=progress)
     echo(f"wrote {res.path}")
     oods = {name: out / f"digits_{short}_ood.npz" for name, short in DIGITS_OOD.items()}
     report = evaluate(res.path, out / "digits_id_test.npz", oods, progress=progress,
                       id_name="digits 0-5 test")
-    rows = max(1, round(BANK_FRACTION * res.metadata["methods"]["grood"]["bank_entries"]))
-    variants = [(f"grood ({BANK_FRACTION:.0%} {how} bank, {rows} rows)", "grood", model,
-                 {"grood": {"bank_size": rows, "bank_reduce": how}})
-                for how in ("random", "kmeans")]
-    variants.append(("layer_energy (regularised CNN)", "layer_energy",
-                     digits.shipped_model(regularised=True), {}))
-    for label, method, source, params in variants:
+    variants = [(v.label, method, v.model, {method: v.params} if v.params else {})
+                for method, entry in res.metadata["methods"].items()
+                for v in presentation(method).demo_variants(entry)]
+    for label, method, kind, params in variants:
+        source = digits.shipped_model(regularised=True) if kind == "regularised" else model
         extra = export(source, data=val, methods=[method], recipe="digits_cnn", params=params,
                        out=out / f"digits.{label.split()[0]}.{len(report['results'])}.onnx",
                        progress=progress)
@@ -125,10 +148,14 @@ def run_lite0(out: Path, progress: bool, echo) -> dict:
     t0 = time.perf_counter()
     model = lite0.model_path()
     calib = lite0.photos(120, seed=0)
-    res = export(model, data=calib, methods=LITE0_METHODS, recipe=lite0.RECIPE,
+    res = export(model, data=calib, methods=lite0_methods(), recipe=lite0.RECIPE,
                  out=out / "efficientnet_lite0.detector.onnx", progress=progress)
-    fn = res.metadata["methods"]["featurenorm"]
-    echo(f"wrote {res.path}; FeatureNorm selected {fn['selected_block']}")
+    notes, fields = [], {}
+    for method, entry in res.metadata["methods"].items():
+        note, more = presentation(method).lite0_report(entry)
+        notes += [note] if note else []
+        fields.update(more)
+    echo(f"wrote {res.path}" + "".join(f"; {n}" for n in notes))
     prof = {}
     for name, path in (("classifier", model), ("detector", res.path)):
         prof[name] = profile(path, batch=1, warmup=5, iterations=30)
@@ -137,8 +164,7 @@ def run_lite0(out: Path, progress: bool, echo) -> dict:
              f"p99 {lat['p99']:.2f} ms (batch 1, ONNX Runtime CPU)")
     ratio = prof["detector"]["latency_ms"]["p50"] / prof["classifier"]["latency_ms"]["p50"]
     echo(f"detector / classifier p50 latency: {ratio:.3f}")
-    return {"detector": str(res.path), "norm_ratios": fn["norm_ratios"],
-            "selected_block": fn["selected_block"], "profile": prof, "p50_ratio": ratio,
+    return {"detector": str(res.path), **fields, "profile": prof, "p50_ratio": ratio,
             "seconds": time.perf_counter() - t0}
 
 

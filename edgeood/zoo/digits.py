@@ -33,7 +33,7 @@ SHIPPED_SHA256 = "cb379dedf9aaefe14552b44a0455a40e32fcb0eed9b718fb71e825a60fc7f3
 # the same CNN fine-tuned with the intermediate-layer energy regulariser (edgeood.train):
 # samples/train_layer_energy.py's fine_tune(shipped weights, epochs 8, m_in -10, m_out -4,
 # weight 0.1, lr 1e-4, seed 0), torch 2.13.0+cpu, export_module(m, (1, 8, 8))
-REGULARISED = Path(__file__).parent / "data" / "digits_cnn_layer_energy.onnx"
+REGULARISED = Path(__file__).parent / "data" / "digits_cnn_layer_energy.onnx"  # not a method name
 REGULARISED_SHA256 = "86aa29e6aced24bcedd17ad13f695474290fcb1c6ed60f4943cb065585657d03"
 
 

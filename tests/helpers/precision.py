@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 import edgeood
+from edgeood.methods import registry
 
-ALL = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm", "adascale_a", "adascale_l",
-       "weiper_msp", "weiper_kld", "grood", "layer_energy"]
+ALL = list(registry())  # every method, built-in or installed
 PRECISIONS = ("float32", "float16", "int8")
 
 

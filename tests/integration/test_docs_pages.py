@@ -29,7 +29,7 @@ def registered_methods() -> list[str]:
     import edgeood.methods as methods
     if callable(getattr(methods, "registry", None)):
         return sorted(methods.registry())
-    from edgeood.methods.base import REGISTRY
+    from edgeood.methods.registry import REGISTRY
     return sorted(REGISTRY)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,11 @@ import pytest
 
 import edgeood
 from edgeood.errors import EdgeoodError
-from edgeood.methods import REGISTRY, Method, register
+from edgeood.methods import REGISTRY, Method, presentation, register, registry
 from edgeood.runtime.onnxruntime.backend import OrtBackend
 from tests.helpers.methods import fitted_methods, tap_dict
 
-ROUND_TRIP = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm", "adascale_a",
-              "adascale_l", "weiper_msp", "weiper_kld", "grood", "layer_energy"]
+ROUND_TRIP = list(registry())  # every method, built-in or installed
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +101,9 @@ class _ZDistance(Method):
         d = np.asarray(taps["z"], np.float64) - np.asarray(self.fitted["mu"], np.float64)
         return -self.params["scale"] * np.linalg.norm(d, axis=1)
 
-    @classmethod
-    def summary(cls, entry):
-        return f"mean of {len(entry['mu'])} features"
+    class Presentation(presentation.Presentation):
+        def summary(self, entry):
+            return f"mean of {len(entry['mu'])} features"
 
 
 @pytest.fixture
@@ -138,14 +138,43 @@ def test_a_method_registered_from_outside_works_end_to_end(registered_zdistance,
     del cli
 
 
+# registered names that are everyday English words: in prose ("free energy", "a scale
+# factor") they are words, so for them only a string that is exactly the name counts
+PROSE_WORDS = {"energy", "scale", "react"}
+OPT_OUT = "# not a method name"
+
+
+def method_references(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """(line, string) of each string constant (docstrings and f-string parts included) that
+    names a method: it is exactly a registered name; or one of its identifier-like tokens
+    (letters, digits, '_') is a registered name that is not an English word (PROSE_WORDS); or
+    a token holds a registered name with an underscore ("tap_weiper_kld_perturbed_logits").
+    A string whose lines carry the comment OPT_OUT is a word that only collides with a name
+    (the preprocessing's "scale" key)."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            continue
+        tokens = set(re.findall(r"[A-Za-z0-9_]+", node.value))
+        hit = node.value.strip() in names or bool(tokens & (names - PROSE_WORDS)) or any(
+            n in t for t in tokens for n in names if "_" in n)
+        if hit and not any(OPT_OUT in line
+                           for line in lines[node.lineno - 1:node.end_lineno]):
+            found.append((node.lineno, node.value[:60]))
+    return found
+
+
 GENERIC_MODULES = ["cli/app.py", "api.py", "pipeline/calibrate.py", "pipeline/export.py",
                    "tools/inspect.py", "graph/fold.py"]
 
 
 def test_generic_modules_name_no_method():
-    """cli, api, calibrate, inspect and fold ask the methods; they never name one."""
+    """No module of edgeood outside edgeood/methods/ names a method (method_references has
+    the rule): they ask the registry, so a method is one file. cli, api, calibrate, inspect
+    and fold do not even use a method's name as an English word."""
     import edgeood as pkg
-    names = set(REGISTRY)
+    names = set(registry())
     root = Path(pkg.__file__).parent
     for rel in GENERIC_MODULES:
         tree = ast.parse((root / rel).read_text())
@@ -153,6 +182,23 @@ def test_generic_modules_name_no_method():
                    and isinstance(n.value, str)}
         words = {w for s in strings for w in s.replace(",", " ").replace("/", " ").split()}
         assert not names & (strings | words), (rel, names & (strings | words))
+    found = {str(p.relative_to(root)): refs for p in sorted(root.rglob("*.py"))
+             if p.relative_to(root).parts[0] != "methods"
+             and (refs := method_references(p.read_text(encoding="utf-8"), names))}
+    assert not found, found
+
+
+def test_the_method_reference_rule():
+    """The rule flags code names and identifiers, not English prose."""
+    names = {"energy", "scale", "msp", "weiper_kld"}
+    flagged = lambda src: [s for _, s in method_references(src, names)]  # noqa: E731
+    assert flagged('x = "energy"') == ["energy"]
+    assert flagged('x = "msp"') == ["msp"]
+    assert flagged('x = "use msp or maxlogit"') == ["use msp or maxlogit"]
+    assert flagged('x = f"--param weiper_kld.histogram={h}"') == ["--param weiper_kld.histogram="]
+    assert flagged('x = "tap_weiper_kld_perturbed_logits"') == ["tap_weiper_kld_perturbed_logits"]
+    assert flagged('"""The free energy sets the scale of the score."""') == []
+    assert flagged('d["scale"] = 1  # not a method name: the pixel scaling') == []
 
 
 @pytest.mark.parametrize("kwargs, needle", [

@@ -14,6 +14,7 @@ import edgeood
 from edgeood.errors import EdgeoodError
 from edgeood.tensorrt.check import check_model
 from edgeood.methods import method_class
+from edgeood.methods.presentation import presentation
 from edgeood.stats.metrics import auroc
 from edgeood.runtime.onnxruntime.backend import OrtBackend
 from tests.helpers import REPO
@@ -93,7 +94,7 @@ def test_round_trip_and_tables(le_detector, le_outputs, digits_model):
     want = m.reference(tap_dict(le_outputs, meta))
     assert np.abs(le_outputs["score_layer_energy"] - want).max() <= 1e-4 * max(1, np.abs(want).max())
     entry = meta["methods"]["layer_energy"]
-    cls = method_class("layer_energy")
+    cls = presentation(method_class("layer_energy"))
     assert cls.summary(entry).startswith(f"mean of {len(entry['selected_layers'])}/")
     _title, cols, rows = cls.detail_table(entry)
     assert cols[:3] == ["layer", "AUROC", "sign"] and len(rows) == len(entry["layer_stats"])
