@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeood.artifact.files import is_engine
 from edgeood.pipeline.export import ExportResult, export  # noqa: F401
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def calibrate(detector, data, tpr: float | None = None, batch: int = 32, out=None,
@@ -21,7 +20,7 @@ def calibrate(detector, data, tpr: float | None = None, batch: int = 32, out=Non
     (fitted statistics are kept); a TensorRT engine recalibrates its source detector on the
     engine itself and is rebuilt (edgeood.pipeline.engine_calibrate)."""
     path = Path(detector)
-    if path.suffix.lower() in ENGINE_SUFFIXES and scorer is None:
+    if is_engine(path) and scorer is None:
         from edgeood.pipeline.engine_calibrate import calibrate_engine
         return calibrate_engine(path, data, tpr=tpr, batch=batch, seed=seed, progress=progress,
                                 out=out)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from edgeood.artifact.files import staging_dir
 from edgeood.errors import EdgeoodError
 
 SCHEMA_VERSION = 1
@@ -44,8 +43,7 @@ def save_detector(model: onnx.ModelProto, meta: dict[str, Any], path: str | Path
     embed(model, meta)
     limit = MAX_PROTO_BYTES if max_bytes is None else max_bytes
     external = too_big(model, limit)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staging_dir(path.parent, path.name) as staging:
         data_name = path.name + ".data"
         if external:
             save_external(model, staging / path.name)
@@ -58,8 +56,6 @@ def save_detector(model: onnx.ModelProto, meta: dict[str, Any], path: str | Path
             os.unlink(path.parent / data_name)  # a stale weights file from an earlier save
         os.replace(staging / path.name, path)
         os.replace(staging / (path.name + ".json"), sidecar_path(path))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return path
 
 

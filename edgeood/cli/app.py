@@ -429,10 +429,9 @@ def watch(
     if live:
         sys.stderr.write("\n")
     if state is not None:
+        from edgeood.artifact.files import atomic_write
         from edgeood.artifact.metadata import dumps
-        tmp = state.with_name(state.name + ".tmp")
-        tmp.write_text(dumps(monitor.to_dict()))
-        os.replace(tmp, state)
+        atomic_write(state, dumps(monitor.to_dict()))
     summary = {"frames": monitor.frames, "sampled": monitor.sampled, "alarm": monitor.alarm,
                "alarms": monitor.alarms, "alarm_frame": monitor.alarm_frame,
                "statistic": monitor.statistic, "max_statistic": monitor.max_statistic,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,10 @@ import onnx
 
 from edgeood.artifact.names import (IMAGE_INPUT, IS_OOD, LOGITS, MONITOR_STATE, MONITOR_STATE_OUT,
                                  PVALUE_PREFIX, SCORE_PREFIX, STREAM_ALARM)
+from edgeood.artifact.files import atomic_copy, atomic_write, kind_of, strip_suffix
 from edgeood.errors import EdgeoodError
 from edgeood.graph.signature import io_of_model
 from edgeood.artifact.metadata import read_metadata, sidecar_path
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 @dataclass
@@ -54,10 +52,7 @@ class Detector:
 
     @property
     def name(self) -> str:
-        stem = self.path.name
-        for suffix in (".onnx", *ENGINE_SUFFIXES):
-            if stem.lower().endswith(suffix):
-                stem = stem[:-len(suffix)]
+        stem = strip_suffix(self.path.name)
         return re.sub(r"[^0-9A-Za-z_-]+", "_", stem).strip("_") or "edgeood"
 
     @property
@@ -148,7 +143,7 @@ def open_detector(path) -> Detector:
     if not path.is_file():
         raise EdgeoodError(f"{path}: no such file; pass a detector (.onnx) or an engine with "
                            "its .json sidecar")
-    if path.suffix.lower() in ENGINE_SUFFIXES:
+    if kind_of(path) == "engine":
         if not sidecar_path(path).is_file():
             raise EdgeoodError(f"{path} has no {sidecar_path(path).name} sidecar; keep the JSON "
                                "written by edgeood build next to the engine")
@@ -165,9 +160,6 @@ def open_detector(path) -> Detector:
                                "build the engine from a single-entry copy "
                                "(edgeood.graph.preprocess.save_entry_point) or deploy the .onnx")
         return det
-    if path.suffix.lower() != ".onnx":
-        raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
-                           f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
     meta = read_metadata(path)
     io = io_of_model(onnx.load(str(path), load_external_data=False))
     return Detector(path, "onnx", meta, _tensors(io["inputs"]), _tensors(io["outputs"]))
@@ -219,22 +211,14 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a file atomically (a temp file in the same folder, then a rename)."""
+    """Write a file atomically, readable as the umask allows (another user serves it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, text)
 
 
 def copy_file(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return dst
+    return atomic_copy(src, dst)
 
 
 def replace_dir(staging: Path, target: Path) -> None:

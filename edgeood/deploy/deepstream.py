@@ -37,6 +37,7 @@ import onnx_graphsurgeon as gs
 
 from edgeood.artifact.names import IMAGE_INPUT, MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
 from edgeood.data import Preprocess
+from edgeood.artifact.files import file_mode
 from edgeood.deploy.common import (Tensor, copy_file, open_detector, save_model,
                                    single_entry_model, write_text)
 from edgeood.errors import EdgeoodError
@@ -209,5 +210,5 @@ def deepstream_config(detector, out_dir, batch: int = 1, half: bool = False, dev
     lines += [f"{k}={_format(v)}" for k, v in props.items()]
     config = write_text(out / f"config_infer_{name}.txt", "\n".join(lines) + "\n")
     probe = write_text(out / "edgeood_probe.py", PROBE.read_text())
-    probe.chmod(0o755)
+    probe.chmod(file_mode(executable=True))
     return DeepStreamFiles(out, config, model_path, spec_path, probe, props)

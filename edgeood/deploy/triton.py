@@ -17,12 +17,14 @@ camera frames); `entry="float"` serves the float input instead.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgeood.artifact.files import umask
 from edgeood.deploy.common import (Detector, Tensor, choose_entry, copy_file, entry_tensors,
                                    open_detector, replace_dir, save_model, single_entry_model,
                                    write_text)
@@ -178,6 +180,7 @@ def triton_repository(detector, repository, name: str | None = None,
     text = config_text(det, name, entry, max_batch, kind, instances)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repository))
     try:
+        os.chmod(staging, 0o777 & ~umask())  # the model folder: readable by the server's user
         version = staging / "1"
         version.mkdir()
         if det.kind == "engine":

@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeood.errors import EdgeoodError
+from edgeood.artifact.files import ENGINE_SUFFIXES, kind_of
 from edgeood.artifact.metadata import read_metadata, sidecar_path
 from edgeood.runtime.detector import Detection, Detector  # noqa: F401
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+__all__ = ["ENGINE_SUFFIXES", "Detection", "Detector", "load", "backend_for", "engine_metadata"]
 
 
 def load(path, providers: list | None = None, device: str | None = None, tf32: bool = False,
@@ -18,10 +19,7 @@ def load(path, providers: list | None = None, device: str | None = None, tf32: b
     TensorRT. tf32: allow TF32 on the GPU; cuda_graph: replay one captured CUDA graph (fixed
     shapes; batch: the batch to capture for a dynamic-batch .onnx detector)."""
     path = Path(path)
-    if path.suffix.lower() not in (".onnx", *ENGINE_SUFFIXES):
-        raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
-                           f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
-    meta = read_metadata(path) if path.suffix.lower() == ".onnx" else engine_metadata(path)
+    meta = read_metadata(path) if kind_of(path) == "onnx" else engine_metadata(path)
     backend = backend_for(path, meta, providers, device, tf32, cuda_graph, batch)
     return Detector(backend, meta, path)
 
@@ -48,16 +46,12 @@ def backend_for(path: Path, meta: dict, providers: list | None = None,
                 device: str | None = None, tf32: bool = False, cuda_graph: bool = False,
                 batch: int | None = None):
     """The backend that runs this file (edgeood.runtime.backend.Backend)."""
-    suffix = path.suffix.lower()
-    if suffix in ENGINE_SUFFIXES:
+    if kind_of(path) == "engine":
         if device not in (None, "gpu") and not str(device).startswith("dla"):
             raise EdgeoodError(f"--device {device} applies to .onnx detectors; {path.name} is a "
                                "TensorRT engine and runs on the device it was built for")
         from edgeood.runtime.tensorrt.backend import TensorRTBackend
         return TensorRTBackend(path, meta, cuda_graph=cuda_graph)
-    if suffix != ".onnx":
-        raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
-                           f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
     from edgeood.runtime.onnxruntime.backend import OrtBackend
     return OrtBackend(path, providers, device=device, tf32=tf32, cuda_graph=cuda_graph,
                       precision=str(meta.get("precision", "float32")),

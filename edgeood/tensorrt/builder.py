@@ -24,9 +24,7 @@ import json
 import os
 import re
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from edgeood.artifact.names import LOGITS
 from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.artifact.metadata import dumps, read_metadata, sidecar_path
-from edgeood.runtime import ENGINE_SUFFIXES
+from edgeood.artifact.files import (ENGINE_SUFFIXES, atomic_write, file_sha256, is_engine,
+                                    staging_dir)
 from edgeood.runtime.tensorrt.cuda import GpuInfo, gpu_info
-from edgeood.runtime.tensorrt.backend import (TensorSpec, dims, file_sha256, require_tensorrt,
+from edgeood.runtime.tensorrt.backend import (TensorSpec, dims, require_tensorrt,
                                               tensorrt_or_none)
 from edgeood.version import __version__
 
@@ -243,7 +242,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
     """Every build argument checked up front (one line per problem). features: the TensorRT
     to build for (default: the installed one)."""
     path = Path(detector)
-    if path.suffix.lower() in ENGINE_SUFFIXES:
+    if is_engine(path):
         raise EdgeoodError(f"{path} is already an engine; pass the .onnx detector it was built "
                            "from")
     if path.suffix.lower() != ".onnx":
@@ -425,28 +424,14 @@ def engine_metadata(req: BuildRequest, key: dict[str, Any], io: list[TensorSpec]
     return meta
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_engine(out: Path, plan: bytes, meta: dict[str, Any]) -> Path:
     """The plan (as TensorRT wrote it, nothing prepended) and its sidecar; neither appears
     unless both were written."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staging_dir(out.parent, out.name) as staging:
         (staging / out.name).write_bytes(plan)
         (staging / (out.name + ".json")).write_text(dumps(meta))
         os.replace(staging / out.name, out)
         os.replace(staging / (out.name + ".json"), sidecar_path(out))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

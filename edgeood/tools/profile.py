@@ -87,8 +87,9 @@ def open_backend(path: Path, providers=None, threads: int | None = None,
                  device: str | None = None, tf32: bool = False, cuda_graph: bool = False,
                  batch: int | None = None):
     """(backend, metadata or None) for a plain model, a detector or an engine."""
-    from edgeood.runtime import ENGINE_SUFFIXES, backend_for, engine_metadata
-    if path.suffix.lower() in ENGINE_SUFFIXES:
+    from edgeood.artifact.files import is_engine
+    from edgeood.runtime import backend_for, engine_metadata
+    if is_engine(path):
         meta = engine_metadata(path)
         return backend_for(path, meta, device=device, cuda_graph=cuda_graph), meta
     from edgeood.graph.model import load_model

@@ -61,14 +61,6 @@ def require_tensorrt(what: str = "running a TensorRT engine") -> ModuleType:
     return module
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     """One I/O tensor of an engine (shape: -1 where dynamic)."""
