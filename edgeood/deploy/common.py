@@ -18,6 +18,7 @@ from edgeood.artifact.files import atomic_copy, atomic_write, kind_of, strip_suf
 from edgeood.errors import EdgeoodError
 from edgeood.graph.signature import io_of_model
 from edgeood.artifact.metadata import read_metadata, sidecar_path
+from edgeood.artifact.truth import check_graph
 
 
 @dataclass
@@ -161,7 +162,9 @@ def open_detector(path) -> Detector:
                                "(edgeood.graph.preprocess.save_entry_point) or deploy the .onnx")
         return det
     meta = read_metadata(path)
-    io = io_of_model(onnx.load(str(path), load_external_data=False))
+    model = onnx.load(str(path), load_external_data=False)
+    check_graph(path, meta, model)  # serve the threshold the graph applies, or refuse
+    io = io_of_model(model)
     return Detector(path, "onnx", meta, _tensors(io["inputs"]), _tensors(io["outputs"]))
 
 

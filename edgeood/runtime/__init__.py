@@ -8,7 +8,8 @@ from edgeood.artifact.files import ENGINE_SUFFIXES, kind_of
 from edgeood.artifact.metadata import read_metadata, sidecar_path
 from edgeood.runtime.detector import Detection, Detector  # noqa: F401
 
-__all__ = ["ENGINE_SUFFIXES", "Detection", "Detector", "load", "backend_for", "engine_metadata"]
+__all__ = ["ENGINE_SUFFIXES", "Detection", "Detector", "load", "backend_for", "engine_metadata",
+           "onnx_metadata"]
 
 
 def load(path, providers: list | None = None, device: str | None = None, tf32: bool = False,
@@ -19,9 +20,17 @@ def load(path, providers: list | None = None, device: str | None = None, tf32: b
     TensorRT. tf32: allow TF32 on the GPU; cuda_graph: replay one captured CUDA graph (fixed
     shapes; batch: the batch to capture for a dynamic-batch .onnx detector)."""
     path = Path(path)
-    meta = read_metadata(path) if kind_of(path) == "onnx" else engine_metadata(path)
+    meta = onnx_metadata(path) if kind_of(path) == "onnx" else engine_metadata(path)
     backend = backend_for(path, meta, providers, device, tf32, cuda_graph, batch)
     return Detector(backend, meta, path)
+
+
+def onnx_metadata(path: Path) -> dict:
+    """An .onnx detector's metadata, checked against its graph (the graph decides)."""
+    from edgeood.artifact.truth import check_graph
+    meta = read_metadata(path)
+    check_graph(path, meta)
+    return meta
 
 
 def engine_metadata(path: Path) -> dict:

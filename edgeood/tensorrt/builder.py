@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from edgeood.artifact.names import LOGITS
 from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.artifact.metadata import dumps, read_metadata, sidecar_path
+from edgeood.artifact.truth import check_graph
 from edgeood.artifact.files import (ENGINE_SUFFIXES, atomic_write, file_sha256, is_engine,
                                     staging_dir)
 from edgeood.runtime.tensorrt.cuda import GpuInfo, gpu_info
@@ -258,6 +259,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
         raise EdgeoodError(f"--workspace {workspace} must be > 0 (GB)")
     dev = parse_device(device)
     meta = read_metadata(path)
+    check_graph(path, meta)  # the engine bakes the graph's threshold; the sidecar must agree
     if features is None:
         features = installed_features()
         if features is None:

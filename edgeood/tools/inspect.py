@@ -9,6 +9,7 @@ import onnx
 from edgeood.artifact.names import PVALUE_PREFIX, SCORE_PREFIX, TAP_PREFIX
 from edgeood.graph.model import model_opset
 from edgeood.artifact.metadata import read_metadata
+from edgeood.artifact.truth import check_graph
 from edgeood.methods.base import method_class
 
 HEAD_SCOPES = (SCORE_PREFIX, PVALUE_PREFIX, "pvalues", "decision", TAP_PREFIX.rstrip("_"),
@@ -33,6 +34,7 @@ def describe(path, fps: float = 30.0) -> dict:
     if path.suffix.lower() != ".onnx":
         return info
     model = onnx.load(str(path), load_external_data=False)
+    check_graph(path, meta, model)  # never show a threshold the graph does not apply
     scopes = tuple(s for m, entry in meta["methods"].items()
                    for s in method_class(m).constant_scopes(entry)) + HEAD_SCOPES
     total = head = 0
