@@ -298,16 +298,17 @@ def save_external(model: onnx.ModelProto, path: Path) -> Path:
 
 def too_big(model: onnx.ModelProto, limit: int) -> bool:
     try:
-        return model.ByteSize() > limit
+        return bool(model.ByteSize() > limit)
     except (ValueError, OverflowError):  # protobuf refuses to size messages over 2 GB
         return True
 
 
-def session_source(model: onnx.ModelProto, workdir: str, max_bytes: int | None = None):
+def session_source(model: onnx.ModelProto, workdir: str,
+                   max_bytes: int | None = None) -> bytes | Path:
     """What ONNX Runtime can load: serialized bytes, or (over 2 GB) a file with external data."""
     limit = MAX_PROTO_BYTES if max_bytes is None else max_bytes
     if not too_big(model, limit):
-        return model.SerializeToString()
+        return bytes(model.SerializeToString())
     return save_external(model, Path(workdir) / "model.onnx")
 
 

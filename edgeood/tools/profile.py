@@ -118,9 +118,10 @@ def stage_breakdown(backend, meta: dict, batch: int, warmup: int, iterations: in
                     percentiles=(50, 90, 99), frame_size=(480, 640)) -> dict:
     """PRE (uint8 frames -> the input batch, on the host), NET (backend.run) and POST (outputs
     -> Detection -> per-image rows), each timed per batch over the same iterations."""
+    from edgeood.artifact.metadata import DetectorMetadata
     from edgeood.data import Preprocess, open_source
     from edgeood.runtime.detector import Detection
-    pre = Preprocess.from_dict(meta["preprocessing"])
+    pre = Preprocess.from_dict(DetectorMetadata.from_dict(meta).preprocessing or {})
     frames = frames_for(pre, batch, frame_size)
     in_graph = getattr(backend, "image_input", None) is not None
     names = backend.output_names
