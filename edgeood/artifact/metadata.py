@@ -316,10 +316,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a detector as a plain dict (current schema): from the ONNX file itself,
     else from its sidecar; for an engine, its sidecar. A sidecar that disagrees with the
     embedded copy is refused. DetectorMetadata.from_dict gives the typed, validated view."""
+    return read_with_model(path)[0]
+
+
+def read_with_model(path: str | Path) -> tuple[dict[str, Any], onnx.ModelProto | None]:
+    """(read_metadata, the ONNX model it was read from, weights not loaded; None for an
+    engine): one parse for callers that also check the graph."""
     path = Path(path)
     if not path.is_file():
         raise EdgeoodError(f"{path}: no such file; pass a detector written by edgeood export")
     meta = None
+    model = None
     if path.suffix.lower() == ".onnx":
         try:
             model = onnx.load(str(path), load_external_data=False)
@@ -337,7 +344,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise EdgeoodError(f"{path}: its edgeood metadata is not a JSON object; re-export it "
                            "with this edgeood")
-    return migrate(meta, path)
+    return migrate(meta, path), model
 
 
 def read_typed(path: str | Path) -> DetectorMetadata:

@@ -16,7 +16,8 @@ from edgeood.artifact.names import (IMAGE_INPUT, IS_OOD, LOGITS, MONITOR_STATE, 
 from edgeood.artifact.files import atomic_copy, atomic_write, kind_of, strip_suffix
 from edgeood.errors import EdgeoodError
 from edgeood.graph.signature import model_tensors
-from edgeood.artifact.metadata import DetectorMetadata, read_metadata, sidecar_path
+from edgeood.artifact.metadata import (DetectorMetadata, read_metadata, read_with_model,
+                                      sidecar_path)
 from edgeood.artifact.tensors import TensorSpec
 from edgeood.artifact.truth import check_graph
 
@@ -132,8 +133,7 @@ def open_detector(path) -> DeployedModel:
                                "build the engine from a single-entry copy "
                                "(edgeood.graph.preprocess.save_entry_point) or deploy the .onnx")
         return det
-    meta = read_metadata(path)
-    model = onnx.load(str(path), load_external_data=False)
+    meta, model = read_with_model(path)
     check_graph(path, meta, model)  # serve the threshold the graph applies, or refuse
     inputs, outputs = model_tensors(model)
     return DeployedModel(path, "onnx", DetectorMetadata.from_dict(meta), inputs, outputs)

@@ -27,9 +27,10 @@ def load(path, providers: list | None = None, device: str | None = None, tf32: b
 
 def onnx_metadata(path: Path) -> dict:
     """An .onnx detector's metadata, checked against its graph (the graph decides)."""
+    from edgeood.artifact.metadata import read_with_model
     from edgeood.artifact.truth import check_graph
-    meta = read_metadata(path)
-    check_graph(path, meta)
+    meta, model = read_with_model(path)
+    check_graph(path, meta, model)
     return meta
 
 
