@@ -17,14 +17,12 @@ camera frames); `entry="float"` serves the float input instead.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgeood.artifact.files import umask
+from edgeood.artifact.files import staging_dir
 from edgeood.artifact.tensors import TensorSpec
 from edgeood.deploy.common import (DeployedModel, choose_entry, copy_file, entry_tensors,
                                    open_detector, replace_dir, save_model, single_entry_model,
@@ -181,9 +179,8 @@ def triton_repository(detector, repository, name: str | None = None,
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
     text = config_text(det, name, entry, max_batch, kind, instances)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repository))
-    try:
-        os.chmod(staging, 0o777 & ~umask())  # the model folder: readable by the server's user
+    target = repository / name
+    with staging_dir(repository, name) as staging:  # readable by the server's user
         version = staging / "1"
         version.mkdir()
         if det.kind == "engine":
@@ -201,11 +198,6 @@ def triton_repository(detector, repository, name: str | None = None,
             data = np.full(shape, init, np.dtype(monitor[0].dtype))
             (staging / "initial_state").mkdir()
             (staging / "initial_state" / "monitor_state").write_bytes(data.tobytes())
-        target = repository / name
         replace_dir(staging, target)
-    except BaseException:
-        import shutil
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return TritonRepository(repository, target, target / "config.pbtxt",
                             target / "1" / model_file, entry, text)
