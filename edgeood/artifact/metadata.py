@@ -207,7 +207,10 @@ def migrate(meta: dict[str, Any], where: str | Path = "the detector") -> dict[st
     version = meta.get("schema_version")
     while isinstance(version, int) and version in MIGRATIONS:
         meta = MIGRATIONS[version](meta)
-        version = meta.get("schema_version")
+        if not (isinstance(meta.get("schema_version"), int) and meta["schema_version"] > version):
+            raise EdgeoodError(f"{where}: the schema {version} upgrade did not raise the schema "
+                               "version; report this as an edgeood bug")
+        version = meta["schema_version"]
     if version != SCHEMA_VERSION:
         raise EdgeoodError(f"{where} has metadata schema {version}; this edgeood reads schema "
                            f"{SCHEMA_VERSION}: re-export it with this version")

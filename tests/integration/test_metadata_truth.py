@@ -168,6 +168,9 @@ def test_schema_versions(tmp_path, monkeypatch):
     meta = read_metadata(path)
     assert meta["schema_version"] == 1 and meta["primary"] == "energy"
     edgeood.load(path)
+    monkeypatch.setitem(md.MIGRATIONS, 0, lambda m: m)  # an upgrade that forgets the version
+    assert "the schema 0 upgrade did not raise the schema version" in one_line(read_metadata,
+                                                                               path)
 
 
 def test_malformed_metadata_is_refused_when_saved(tmp_path):
