@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeood.artifact.files import is_engine
 from edgeood.config import BuildConfig, CalibrateConfig, ExportConfig
 from edgeood.pipeline.export import ExportResult
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def export(model, *, caller: str = "python", **options) -> ExportResult:
@@ -43,7 +42,7 @@ def calibrate(detector, data=None, *, caller: str = "python", **options) -> Expo
     device (ONNX Runtime provider to score on), scorer (a loaded backend)."""
     cfg = CalibrateConfig.from_kwargs(caller, data=data, **options)
     path = Path(detector)
-    if path.suffix.lower() in ENGINE_SUFFIXES and cfg.scorer is None:
+    if is_engine(path) and cfg.scorer is None:
         from edgeood.pipeline.engine_calibrate import calibrate_engine
         return calibrate_engine(path, cfg)
     from edgeood.pipeline.export import calibrate as calibrate_detector

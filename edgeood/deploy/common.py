@@ -6,57 +6,36 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 
 from edgeood.artifact.names import (IMAGE_INPUT, IS_OOD, LOGITS, MONITOR_STATE, MONITOR_STATE_OUT,
                                  PVALUE_PREFIX, SCORE_PREFIX, STREAM_ALARM)
+from edgeood.artifact.files import atomic_copy, atomic_write, kind_of, strip_suffix
 from edgeood.errors import EdgeoodError
-from edgeood.graph.signature import io_of_model
-from edgeood.artifact.metadata import read_metadata, sidecar_path
-from edgeood.runtime import ENGINE_SUFFIXES, is_engine
+from edgeood.graph.signature import model_tensors
+from edgeood.artifact.metadata import (DetectorMetadata, read_metadata, read_with_model,
+                                      sidecar_path)
+from edgeood.artifact.tensors import TensorSpec
+from edgeood.artifact.truth import check_graph
 
 
 @dataclass
-class Tensor:
-    name: str
-    dtype: str          # NumPy dtype name: float32, uint8, bool, int64, ...
-    shape: list         # batch first; symbolic dims by name, unknown ones -1
-
-    @property
-    def batched(self) -> bool:
-        """Whether the first axis is a dynamic (batch) one."""
-        return bool(self.shape) and not (isinstance(self.shape[0], int) and self.shape[0] > 0)
-
-    def dims(self, strip_batch: bool, batch: int | None = None) -> list[int]:
-        """The dims a server config declares: -1 for every dynamic one; with batch, a dynamic
-        first axis is that many (an engine built for exactly one batch)."""
-        dims = list(self.shape[1:] if strip_batch else self.shape)
-        if not strip_batch and batch is not None and self.batched:
-            dims[0] = batch
-        return [d if isinstance(d, int) and d >= 0 else -1 for d in dims]
-
-
-@dataclass
-class Detector:
-    """A detector or engine as the generators see it."""
+class DeployedModel:
+    """A detector or engine as the generators see it (runtime.Detector runs one; this one
+    only describes it)."""
 
     path: Path
     kind: str                 # "onnx" or "engine"
-    meta: dict[str, Any]
-    inputs: list[Tensor]
-    outputs: list[Tensor]
+    meta: DetectorMetadata
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
 
     @property
     def name(self) -> str:
-        stem = self.path.name
-        for suffix in (".onnx", *ENGINE_SUFFIXES):
-            if stem.lower().endswith(suffix):
-                stem = stem[:-len(suffix)]
+        stem = strip_suffix(self.path.name)
         return re.sub(r"[^0-9A-Za-z_-]+", "_", stem).strip("_") or "edgeood"
 
     @property
@@ -68,57 +47,46 @@ class Detector:
     def engine_batch(self) -> tuple[int, bool] | None:
         """(max batch, dynamic) of an engine's optimization profile (edgeood build: dynamic
         profiles run 1..max, the others exactly max), None when the sidecar does not say."""
-        opts = (self.meta.get("engine") or {}).get("build_options") or {}
+        opts = self.meta.build_options
         if self.kind != "engine" or "max_batch" not in opts:
             return None
         return int(opts["max_batch"]), bool(opts.get("dynamic", False))
 
     @property
     def precision(self) -> str:
-        return str((self.meta.get("engine") or {}).get("precision")
-                   or self.meta.get("precision", "float32")).lower()
+        return str(self.meta.engine_precision or self.meta.graph_precision).lower()
 
     @property
     def thresholds(self) -> dict[str, float]:
-        return {m: float(d["threshold"]) for m, d in self.meta["methods"].items()
-                if d.get("threshold") is not None}
+        return self.meta.thresholds
 
-    def input(self, name: str) -> Tensor | None:
+    def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
 
-    def output(self, name: str) -> Tensor | None:
+    def output(self, name: str) -> TensorSpec | None:
         return next((t for t in self.outputs if t.name == name), None)
 
     @property
-    def monitor_state(self) -> tuple[Tensor, Tensor] | None:
+    def monitor_state(self) -> tuple[TensorSpec, TensorSpec] | None:
         """(state input, state output) of an in-graph stream monitor, else None."""
         st_in, st_out = self.input(MONITOR_STATE), self.output(MONITOR_STATE_OUT)
         return (st_in, st_out) if st_in is not None and st_out is not None else None
 
     @property
-    def data_inputs(self) -> list[Tensor]:
+    def data_inputs(self) -> list[TensorSpec]:
         """The inputs a client feeds (not the monitor's state)."""
         return [t for t in self.inputs if t.name != MONITOR_STATE]
 
 
-def _tensors(specs) -> list[Tensor]:
-    return [Tensor(s["name"], s["dtype"], list(s["shape"])) for s in specs]
-
-
-# TensorRT DataType names (an engine sidecar's "engine.io") as NumPy dtype names
-TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8",
-              "INT32": "int32", "INT64": "int64", "BOOL": "bool", "UINT8": "uint8",
-              "DOUBLE": "float64"}
+def _tensors(specs) -> list[TensorSpec]:
+    return [TensorSpec.from_io(s) for s in specs]
 
 
 def _engine_io(listed: list[dict]) -> dict:
     """edgeood build's engine.io ([{name, mode, shape, dtype}], TensorRT names) as io_spec."""
-    def spec(t):
-        dtype = str(t["dtype"])
-        return {"name": t["name"], "dtype": TRT_DTYPES.get(dtype.upper(), dtype.lower()),
-                "shape": list(t["shape"])}
-    return {"inputs": [spec(t) for t in listed if t.get("mode") == "input"],
-            "outputs": [spec(t) for t in listed if t.get("mode") == "output"]}
+    specs = [TensorSpec.from_engine_io(t) for t in listed]
+    return {"inputs": [t.to_io() for t in specs if t.mode == "input"],
+            "outputs": [t.to_io() for t in specs if t.mode == "output"]}
 
 
 def _io_from_conventions(meta: dict) -> dict | None:
@@ -141,13 +109,13 @@ def _io_from_conventions(meta: dict) -> dict | None:
     return {"inputs": inputs, "outputs": outputs}
 
 
-def open_detector(path) -> Detector:
+def open_detector(path) -> DeployedModel:
     """An .onnx detector or a TensorRT engine (.engine/.plan/.trt) with its .json sidecar."""
     path = Path(path)
     if not path.is_file():
         raise EdgeoodError(f"{path}: no such file; pass a detector (.onnx) or an engine with "
                            "its .json sidecar")
-    if is_engine(path):
+    if kind_of(path) == "engine":
         if not sidecar_path(path).is_file():
             raise EdgeoodError(f"{path} has no {sidecar_path(path).name} sidecar; keep the JSON "
                                "written by edgeood build next to the engine")
@@ -157,22 +125,21 @@ def open_detector(path) -> Detector:
         if io is None:
             raise EdgeoodError(f"{sidecar_path(path).name} has no 'io' entry (the engine's "
                                "inputs and outputs); rebuild the engine with this edgeood")
-        det = Detector(path, "engine", meta, _tensors(io["inputs"]), _tensors(io["outputs"]))
+        det = DeployedModel(path, "engine", DetectorMetadata.from_dict(meta),
+                            _tensors(io["inputs"]), _tensors(io["outputs"]))
         if len(det.data_inputs) > 1:
             raise EdgeoodError(f"{path} takes {', '.join(t.name for t in det.data_inputs)} "
                                "(both entries of a --input uint8 detector); a server feeds one: "
                                "build the engine from a single-entry copy "
                                "(edgeood.graph.preprocess.save_entry_point) or deploy the .onnx")
         return det
-    if path.suffix.lower() != ".onnx":
-        raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
-                           f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
-    meta = read_metadata(path)
-    io = io_of_model(onnx.load(str(path), load_external_data=False))
-    return Detector(path, "onnx", meta, _tensors(io["inputs"]), _tensors(io["outputs"]))
+    meta, model = read_with_model(path)
+    check_graph(path, meta, model)  # serve the threshold the graph applies, or refuse
+    inputs, outputs = model_tensors(model)
+    return DeployedModel(path, "onnx", DetectorMetadata.from_dict(meta), inputs, outputs)
 
 
-def choose_entry(det: Detector, entry: str | None) -> str:
+def choose_entry(det: DeployedModel, entry: str | None) -> str:
     """'image' or 'float': the input a server feeds (default: the uint8 frames when there)."""
     has_image = det.input(IMAGE_INPUT) is not None
     if entry is None:
@@ -189,7 +156,7 @@ def choose_entry(det: Detector, entry: str | None) -> str:
     return entry
 
 
-def single_entry_model(det: Detector, entry: str) -> onnx.ModelProto:
+def single_entry_model(det: DeployedModel, entry: str) -> onnx.ModelProto:
     """The ONNX detector with one input (the chosen entry), weights loaded."""
     from edgeood.graph.preprocess import entry_point
     model = onnx.load(str(det.path))
@@ -198,13 +165,14 @@ def single_entry_model(det: Detector, entry: str) -> onnx.ModelProto:
     return entry_point(model, entry)
 
 
-def entry_tensors(det: Detector, entry: str) -> list[Tensor]:
+def entry_tensors(det: DeployedModel, entry: str) -> list[TensorSpec]:
     """The data inputs of the served model for the entry."""
     if det.kind == "engine" or det.input(IMAGE_INPUT) is None:
         return det.data_inputs
     keep = [t for t in det.data_inputs if (t.name == IMAGE_INPUT) == (entry == "image")]
     if entry == "image":
-        keep = [Tensor(t.name, t.dtype, [det.inputs[0].shape[0], *t.shape[1:]]) for t in keep]
+        keep = [TensorSpec(t.name, t.dtype, (det.inputs[0].shape[0], *t.shape[1:]), t.mode)
+                for t in keep]
     return keep
 
 
@@ -218,22 +186,14 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a file atomically (a temp file in the same folder, then a rename)."""
+    """Write a file atomically, readable as the umask allows (another user serves it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, text)
 
 
 def copy_file(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return dst
+    return atomic_copy(src, dst)
 
 
 def replace_dir(staging: Path, target: Path) -> None:

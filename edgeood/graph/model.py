@@ -3,7 +3,6 @@ constants folded, shapes inferred, opset >= 13, a single 4-D float N x C x H x W
 an int or 'batch' batch dimension."""
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -32,15 +31,6 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise EdgeoodError(f"{path} holds no ONNX graph nodes; pass an exported ONNX classifier")
     return model
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, read in chunks (models can be large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_opset(model: onnx.ModelProto) -> int:

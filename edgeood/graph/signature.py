@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from edgeood.artifact.tensors import TensorSpec, dim_of
+
 
 def _dtype_name(dtype) -> str:
     if dtype is None:
@@ -18,27 +20,35 @@ def _dtype_name(dtype) -> str:
     return np.dtype(dtype).name
 
 
-def _dims(shape) -> list:
-    return [d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) and d else -1)
-            for d in (shape or [])]
+def graph_tensors(graph: gs.Graph) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of a graph (symbolic dims by name, unknown ones None)."""
+    def spec(t, mode):
+        return TensorSpec(t.name, _dtype_name(t.dtype), tuple(dim_of(d) for d in t.shape or []),
+                          mode)
+    return ([spec(t, "input") for t in graph.inputs], [spec(t, "output") for t in graph.outputs])
 
 
 def io_spec(graph: gs.Graph) -> dict[str, list[dict[str, Any]]]:
-    """{"inputs": [...], "outputs": [...]}, each {"name", "dtype", "shape"} (symbolic dims by
-    name, unknown ones as -1)."""
-    def spec(t):
-        return {"name": t.name, "dtype": _dtype_name(t.dtype), "shape": _dims(t.shape)}
-    return {"inputs": [spec(t) for t in graph.inputs], "outputs": [spec(t) for t in graph.outputs]}
+    """The metadata's "io": {"inputs": [...], "outputs": [...]}, each {"name", "dtype",
+    "shape"} (symbolic dims by name, unknown ones as -1)."""
+    inputs, outputs = graph_tensors(graph)
+    return {"inputs": [t.to_io() for t in inputs], "outputs": [t.to_io() for t in outputs]}
+
+
+def model_tensors(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) as an ONNX model declares them (weights are not inputs)."""
+    weights = {t.name for t in model.graph.initializer}
+
+    def spec(vi, mode):
+        tt = vi.type.tensor_type
+        dims = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
+                for d in tt.shape.dim]
+        return TensorSpec(vi.name, _dtype_name(tt.elem_type), tuple(dims), mode)
+    return ([spec(v, "input") for v in model.graph.input if v.name not in weights],
+            [spec(v, "output") for v in model.graph.output])
 
 
 def io_of_model(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     """io_spec read from an ONNX model's declared graph inputs and outputs."""
-    weights = {t.name for t in model.graph.initializer}
-
-    def spec(vi):
-        tt = vi.type.tensor_type
-        dims = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else -1)
-                for d in tt.shape.dim]
-        return {"name": vi.name, "dtype": _dtype_name(tt.elem_type), "shape": dims}
-    return {"inputs": [spec(v) for v in model.graph.input if v.name not in weights],
-            "outputs": [spec(v) for v in model.graph.output]}
+    inputs, outputs = model_tensors(model)
+    return {"inputs": [t.to_io() for t in inputs], "outputs": [t.to_io() for t in outputs]}

@@ -25,7 +25,8 @@ from edgeood.data import ImageSource, Preprocess, open_source
 from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.graph.fold import build_decision, build_scores
 from edgeood.graph.head import ClassifierHead, find_head
-from edgeood.graph.model import (batch_dim, file_sha256, input_chw, load_model, model_opset,
+from edgeood.artifact.files import file_sha256
+from edgeood.graph.model import (batch_dim, input_chw, load_model, model_opset,
                                  prepare, to_model)
 from edgeood.graph.signature import io_spec
 from edgeood.graph.taps import find_block_candidates, resolve

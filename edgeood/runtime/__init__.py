@@ -4,15 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeood.errors import EdgeoodError
+from edgeood.artifact.files import ENGINE_SUFFIXES, is_engine, kind_of  # noqa: F401
 from edgeood.artifact.metadata import read_metadata, sidecar_path
 from edgeood.runtime.detector import Detection, Detector  # noqa: F401
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
-
-def is_engine(path) -> bool:
-    """Whether the file is a TensorRT engine (by its suffix), else an ONNX model."""
-    return Path(path).suffix.lower() in ENGINE_SUFFIXES
+__all__ = ["ENGINE_SUFFIXES", "Detection", "Detector", "load", "backend_for", "engine_metadata",
+           "onnx_metadata"]
 
 
 def load(path, providers: list | None = None, device: str | None = None, tf32: bool = False,
@@ -23,12 +20,18 @@ def load(path, providers: list | None = None, device: str | None = None, tf32: b
     TensorRT. tf32: allow TF32 on the GPU; cuda_graph: replay one captured CUDA graph (fixed
     shapes; batch: the batch to capture for a dynamic-batch .onnx detector)."""
     path = Path(path)
-    if path.suffix.lower() not in (".onnx", *ENGINE_SUFFIXES):
-        raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
-                           f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
-    meta = engine_metadata(path) if is_engine(path) else read_metadata(path)
+    meta = onnx_metadata(path) if kind_of(path) == "onnx" else engine_metadata(path)
     backend = backend_for(path, meta, providers, device, tf32, cuda_graph, batch)
     return Detector(backend, meta, path)
+
+
+def onnx_metadata(path: Path) -> dict:
+    """An .onnx detector's metadata, checked against its graph (the graph decides)."""
+    from edgeood.artifact.metadata import read_with_model
+    from edgeood.artifact.truth import check_graph
+    meta, model = read_with_model(path)
+    check_graph(path, meta, model)
+    return meta
 
 
 def engine_metadata(path: Path) -> dict:
@@ -56,15 +59,12 @@ def backend_for(path: Path, meta: dict | None = None, providers: list | None = N
     file is mapped to a backend class: an engine (meta: its sidecar) on TensorRT, an .onnx
     model or detector (meta: its metadata, None for a plain model) on ONNX Runtime."""
     path = Path(path)
-    if is_engine(path):
+    if kind_of(path) == "engine":
         if device not in (None, "gpu") and not str(device).startswith("dla"):
             raise EdgeoodError(f"--device {device} applies to .onnx detectors; {path.name} is a "
                                "TensorRT engine and runs on the device it was built for")
         from edgeood.runtime.tensorrt.backend import TensorRTBackend
         return TensorRTBackend(path, meta, cuda_graph=cuda_graph)
-    if path.suffix.lower() != ".onnx":
-        raise EdgeoodError(f"{path}: unknown detector type; pass an .onnx detector or a "
-                           f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
     from edgeood.runtime.onnxruntime.backend import OrtBackend
     return OrtBackend(path, providers, threads, device=device, tf32=tf32, cuda_graph=cuda_graph,
                       precision=str((meta or {}).get("precision", "float32")),

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeood.artifact.metadata import DetectorMetadata
 from edgeood.data import ImageSource, Preprocess, open_source
 from edgeood.progress import warn
 from edgeood.runtime.backend import Backend, target_mismatch
@@ -57,7 +58,8 @@ class Detector:
 
     def __init__(self, backend: Backend, metadata: dict[str, Any], path: Path | None = None):
         self.backend, self.metadata, self.path = backend, metadata, path
-        self.preprocess = Preprocess.from_dict(metadata["preprocessing"])
+        self.meta = DetectorMetadata.from_dict(metadata)  # the typed view of metadata
+        self.preprocess = Preprocess.from_dict(self.meta.preprocessing or {})
         self.target_note = target_mismatch(metadata, backend.target)
         if self.target_note:  # said once, when the detector is loaded
             warn(self.target_note)
@@ -74,15 +76,15 @@ class Detector:
 
     @property
     def methods(self) -> list[str]:
-        return list(self.metadata["methods"])
+        return list(self.meta.methods)
 
     @property
     def primary(self) -> str:
-        return self.metadata["primary"]
+        return self.meta.primary
 
     @property
     def thresholds(self) -> dict[str, float]:
-        return {m: d["threshold"] for m, d in self.metadata["methods"].items() if "threshold" in d}
+        return self.meta.thresholds
 
     def __call__(self, images, batch_size: int = 32, progress: bool = False) -> Detection:
         if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3 \

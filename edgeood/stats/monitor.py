@@ -75,6 +75,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from edgeood.artifact.metadata import DetectorMetadata
 from edgeood.artifact.names import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
 from edgeood.errors import EdgeoodError, did_you_mean
 
@@ -326,9 +327,8 @@ class StreamMonitor:
         from the metadata's reference sizes, defaults (methods, A, delta, stride) from its
         "monitor" entry; arguments given here override them."""
         meta = _metadata_of(detector)
-        saved = meta.get("monitor") or {}
-        have = {m: d["reference_size"] for m, d in meta["methods"].items()
-                if "reference_size" in d}
+        saved = meta.monitor or {}
+        have = meta.reference_sizes
         if not have:
             raise EdgeoodError("the detector has no p-value reference (not calibrated); run "
                                "'edgeood calibrate DETECTOR --data ID_DIR' first")
@@ -336,7 +336,7 @@ class StreamMonitor:
             methods = [s.strip() for s in methods.split(",") if s.strip()]
         if methods in (["all"], "all"):
             methods = list(have)
-        chosen = list(methods or saved.get("methods") or [meta["primary"]])
+        chosen = list(methods or saved.get("methods") or [meta.primary])
         for m in chosen:
             if m not in have:
                 raise EdgeoodError(f"unknown method {m!r}: the detector has p-values of "
@@ -534,21 +534,25 @@ class StreamMonitor:
 
 
 # --- metadata helpers ---------------------------------------------------------------------------
-def _metadata_of(detector) -> dict:
+def _metadata_of(detector) -> DetectorMetadata:
+    """The typed metadata of a Detector, a metadata dict or a detector path."""
+    if isinstance(detector, DetectorMetadata):
+        return detector
     if isinstance(detector, Mapping):
-        return dict(detector)
+        return DetectorMetadata.from_dict(dict(detector))
     if hasattr(detector, "metadata"):
-        return detector.metadata
-    from edgeood.artifact.metadata import read_metadata
-    return read_metadata(detector)
+        return DetectorMetadata.from_dict(detector.metadata)
+    from edgeood.artifact.metadata import read_typed
+    return read_typed(detector)
 
 
-def detector_id_of(meta: Mapping) -> str:
+def detector_id_of(meta: Mapping | DetectorMetadata) -> str:
     """What a monitor state belongs to: the source model, the calibration and the references."""
-    stored = (meta.get("monitor") or {}).get("detector_id")
+    typed = _metadata_of(meta)
+    stored = (typed.monitor or {}).get("detector_id")
     if stored:
         return stored
-    return compute_detector_id(meta)
+    return compute_detector_id(typed.to_dict())
 
 
 def compute_detector_id(meta: Mapping) -> str:

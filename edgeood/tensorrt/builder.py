@@ -25,8 +25,6 @@ import os
 import re
 import shlex
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +33,13 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from edgeood.artifact.names import LOGITS
 from edgeood.errors import EdgeoodError, did_you_mean
-from edgeood.artifact.metadata import dumps, read_metadata, sidecar_path
-from edgeood.runtime import ENGINE_SUFFIXES
+from edgeood.artifact.metadata import dumps, read_metadata, sidecar_path, validate
+from edgeood.artifact.truth import check_graph
+from edgeood.artifact.files import (ENGINE_SUFFIXES, atomic_write, file_sha256, is_engine,
+                                    staging_dir)
 from edgeood.runtime.tensorrt.cuda import GpuInfo, gpu_info
-from edgeood.runtime.tensorrt.backend import (TensorSpec, dims, file_sha256, require_tensorrt,
+from edgeood.artifact.tensors import Dim, TensorSpec
+from edgeood.runtime.tensorrt.backend import (dims, engine_tensor, require_tensorrt,
                                               tensorrt_or_none)
 from edgeood.version import __version__
 
@@ -143,13 +144,6 @@ class BuildOptions:
                 "device": self.device, "tf32": self.tf32}
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    shape: tuple[int | str, ...]  # a str where the dimension is symbolic
-    elem_type: int                # onnx.TensorProto data type
-
-
 @dataclass
 class BuildRequest:
     detector: Path
@@ -157,7 +151,7 @@ class BuildRequest:
     options: BuildOptions
     out: Path
     timing_cache: Path | None
-    inputs: list[InputSpec]
+    inputs: list[TensorSpec]
     features: TrtFeatures
     head_nodes: frozenset[str] = field(default_factory=frozenset)
     head_tensors: frozenset[str] = field(default_factory=frozenset)
@@ -170,9 +164,9 @@ class BuildRequest:
         entries = sum(1 for i in self.inputs if len(i.shape) == 4)
         shapes = {}
         for inp in self.inputs:
-            if not inp.shape or not isinstance(inp.shape[0], str):
+            if not inp.shape or isinstance(inp.shape[0], int):
                 continue
-            rest = [int(d) for d in inp.shape[1:]]
+            rest = list(inp.dims()[1:])  # fixed: validate_build refuses other image inputs
             low = 1 if o.dynamic else o.max_batch
             if entries > 1 and len(inp.shape) == 4:
                 low = 0
@@ -197,7 +191,8 @@ def parse_device(device: str) -> str:
                        f"{did_you_mean(d, ['gpu', 'dla:0', 'dla:1'])}")
 
 
-def read_inputs(path: Path) -> list[InputSpec]:
+def read_inputs(path: Path) -> list[TensorSpec]:
+    """The detector's graph inputs (a dim that is not a positive number is dynamic)."""
     import onnx
     model = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
@@ -205,11 +200,13 @@ def read_inputs(path: Path) -> list[InputSpec]:
     for vi in model.graph.input:
         if vi.name in inits:
             continue
-        dims: list[int | str] = []
+        dims: list[Dim] = []
         for d in vi.type.tensor_type.shape.dim:
             dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0
-                        else (d.dim_param or "?"))
-        out.append(InputSpec(vi.name, tuple(dims), vi.type.tensor_type.elem_type))
+                        else (d.dim_param or None))
+        elem = vi.type.tensor_type.elem_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "float32"
+        out.append(TensorSpec(vi.name, dtype, tuple(dims), "input"))
     return out
 
 
@@ -244,7 +241,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
     """Every build argument checked up front (one line per problem). features: the TensorRT
     to build for (default: the installed one)."""
     path = Path(detector)
-    if path.suffix.lower() in ENGINE_SUFFIXES:
+    if is_engine(path):
         raise EdgeoodError(f"{path} is already an engine; pass the .onnx detector it was built "
                            "from")
     if path.suffix.lower() != ".onnx":
@@ -260,6 +257,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
         raise EdgeoodError(f"--workspace {workspace} must be > 0 (GB)")
     dev = parse_device(device)
     meta = read_metadata(path)
+    check_graph(path, meta)  # the engine bakes the graph's threshold; the sidecar must agree
     if features is None:
         features = installed_features()
         if features is None:
@@ -270,7 +268,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
     if features.major < 10:
         raise EdgeoodError(f"TensorRT {features.version} is installed; edgeood builds with "
                            "TensorRT 10 or 11 (JetPack 6.1 and later ship 10.3)")
-    given = str(meta.get("precision", "float32"))
+    given = validate(meta, path).graph_precision
     if given not in PRECISIONS:
         raise EdgeoodError(f"{path} declares precision {given!r}; edgeood builds "
                            f"{', '.join(PRECISIONS)} detectors")
@@ -314,7 +312,8 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
         bad = [d for d in inp.shape[1:] if not isinstance(d, int)]
         if bad:
             raise EdgeoodError(f"input {inp.name} of {path.name} has dynamic dimensions "
-                               f"{list(inp.shape)}; TensorRT engines here need a fixed image "
+                               f"{['?' if d is None else d for d in inp.shape]}; TensorRT "
+                               "engines here need a fixed image "
                                "size: re-export with --imgsz")
     if dev != "gpu":
         if precision == "float32":
@@ -416,7 +415,7 @@ def engine_metadata(req: BuildRequest, key: dict[str, Any], io: list[TensorSpec]
         "precision": o.precision,
         "target_precision": o.target_precision,
         "build_options": key["build_options"],
-        "io": [t.as_dict() for t in io],
+        "io": [t.to_engine_io() for t in io],
         "gpu_fallback_layers": gpu_fallback,
         "timing_cache": str(cache) if cache is not None else None,
         "plan_sha256": hashlib.sha256(plan).hexdigest(),
@@ -426,28 +425,15 @@ def engine_metadata(req: BuildRequest, key: dict[str, Any], io: list[TensorSpec]
     return meta
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_engine(out: Path, plan: bytes, meta: dict[str, Any]) -> Path:
     """The plan (as TensorRT wrote it, nothing prepended) and its sidecar; neither appears
     unless both were written."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    validate(meta, sidecar_path(out))
+    with staging_dir(out.parent, out.name) as staging:
         (staging / out.name).write_bytes(plan)
         (staging / (out.name + ".json")).write_text(dumps(meta))
         os.replace(staging / out.name, out)
         os.replace(staging / (out.name + ".json"), sidecar_path(out))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -534,10 +520,10 @@ def network_io(network: trt.INetworkDefinition) -> list[TensorSpec]:
     specs = []
     for i in range(network.num_inputs):
         t = network.get_input(i)
-        specs.append(TensorSpec(t.name, "input", dims(t.shape), t.dtype.name))
+        specs.append(engine_tensor(t.name, "input", dims(t.shape), t.dtype.name))
     for i in range(network.num_outputs):
         t = network.get_output(i)
-        specs.append(TensorSpec(t.name, "output", dims(t.shape), t.dtype.name))
+        specs.append(engine_tensor(t.name, "output", dims(t.shape), t.dtype.name))
     return specs
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeood.artifact.files import atomic_path, file_mode
 from edgeood.artifact.names import TOPK_LIMIT
 from edgeood.tensorrt.check import elem_types, small_constants
 
@@ -223,6 +224,7 @@ def tensorrt_ready(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".trt.onnx", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, file_mode())  # trtexec may run as another user
         onnx.save(model, tmp)
         yield Path(tmp)
     finally:
@@ -237,11 +239,6 @@ def write_tensorrt_ready(path: str | Path) -> Path:
     if model is None:
         return path
     out = path.with_name(path.name.removesuffix(".onnx") + ".trt.onnx")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
     return out

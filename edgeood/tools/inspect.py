@@ -8,7 +8,8 @@ import onnx
 
 from edgeood.artifact.names import PVALUE_PREFIX, SCORE_PREFIX, TAP_PREFIX
 from edgeood.graph.model import model_opset
-from edgeood.artifact.metadata import read_metadata
+from edgeood.artifact.metadata import read_with_model
+from edgeood.artifact.truth import check_graph
 from edgeood.methods.presentation import presentation
 
 HEAD_SCOPES = (SCORE_PREFIX, PVALUE_PREFIX, "pvalues", "decision", TAP_PREFIX.rstrip("_"),
@@ -21,7 +22,7 @@ def _shape(vi) -> list:
 
 def describe(path, fps: float = 30.0) -> dict:
     path = Path(path)
-    meta = read_metadata(path)
+    meta, model = read_with_model(path)
     data = Path(str(path) + ".data")
     info = {"path": str(path), "file_bytes": path.stat().st_size + (data.stat().st_size
                                                                      if data.is_file() else 0),
@@ -32,7 +33,7 @@ def describe(path, fps: float = 30.0) -> dict:
                            mon["arl"] * mon["stride"] / fps}
     if path.suffix.lower() != ".onnx":
         return info
-    model = onnx.load(str(path), load_external_data=False)
+    check_graph(path, meta, model)  # never show a threshold the graph does not apply
     scopes = tuple(s for m, entry in meta["methods"].items()
                    for s in presentation(m).constant_scopes(entry)) + HEAD_SCOPES
     total = head = 0

@@ -95,7 +95,8 @@ def open_backend(path: Path, providers=None, threads: int | None = None,
                  device: str | None = None, tf32: bool = False, cuda_graph: bool = False,
                  batch: int | None = None) -> tuple[Backend, dict | None]:
     """(backend, metadata or None) for a plain model, a detector or an engine."""
-    from edgeood.runtime import backend_for, engine_metadata, is_engine
+    from edgeood.artifact.files import is_engine
+    from edgeood.runtime import backend_for, engine_metadata
     if is_engine(path):
         meta = engine_metadata(path)
     else:
@@ -123,9 +124,10 @@ def stage_breakdown(backend: Backend, meta: dict, batch: int, warmup: int, itera
                     percentiles=(50, 90, 99), frame_size=(480, 640)) -> dict:
     """PRE (uint8 frames -> the input batch, on the host), NET (backend.run) and POST (outputs
     -> Detection -> per-image rows), each timed per batch over the same iterations."""
+    from edgeood.artifact.metadata import DetectorMetadata
     from edgeood.data import Preprocess, open_source
     from edgeood.runtime.detector import Detection
-    pre = Preprocess.from_dict(meta["preprocessing"])
+    pre = Preprocess.from_dict(DetectorMetadata.from_dict(meta).preprocessing or {})
     frames = frames_for(pre, batch, frame_size)
     in_graph = backend.image_input is not None
     names = backend.output_names

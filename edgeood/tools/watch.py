@@ -7,7 +7,6 @@ images (in name order), one image, or a .npy/.npz array of frames (in order).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -141,10 +140,9 @@ def open_monitor(detector, state: Path | None = None, arl=None, delta=None, stri
 def save_state(monitor, state: Path) -> None:
     """Write the monitor's state where the next `edgeood watch --state` continues it."""
     if state is not None:
+        from edgeood.artifact.files import atomic_write
         from edgeood.artifact.metadata import dumps
-        tmp = state.with_name(state.name + ".tmp")
-        tmp.write_text(dumps(monitor.to_dict()))
-        os.replace(tmp, state)
+        atomic_write(state, dumps(monitor.to_dict()))
 
 
 def summary(monitor) -> dict:

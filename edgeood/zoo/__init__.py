@@ -14,11 +14,9 @@ def cache_dir() -> Path:
 
 def save_cached(proto, path: Path) -> Path:
     """Write an ONNX model into the cache atomically (a temp file, then a rename)."""
-    import tempfile
-
     import onnx
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    onnx.save_model(proto, tmp)
-    os.replace(tmp, path)
+
+    from edgeood.artifact.files import atomic_path
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
     return path

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeood.artifact.files import file_sha256
 from edgeood.data import Preprocess
 from edgeood.errors import EdgeoodError
 from edgeood.zoo import cache_dir, save_cached
@@ -159,7 +160,7 @@ def shipped_model(regularised: bool = False) -> Path:
     after checking its sha256 (no torch needed)."""
     path, sha = (REGULARISED, REGULARISED_SHA256) if regularised else (SHIPPED, SHIPPED_SHA256)
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
     except OSError:
         digest = None
     if digest != sha:

@@ -189,7 +189,7 @@ def engine(tmp_path, monkeypatch):
                          out=tmp_path / "d.engine")
     key = build_key(req.options, detector_sha256(det), "10.3.0",
                     {"name": "Orin", "compute_capability": "8.7"})
-    io = [tb.TensorSpec(n, "input" if n == "input" else "output", SHAPES[n], "FLOAT")
+    io = [tb.engine_tensor(n, "input" if n == "input" else "output", SHAPES[n], "FLOAT")
           for n in FakeEngine.names]
     return write_engine(req.out, b"plan", engine_metadata(req, key, io, b"plan", []))
 

@@ -13,7 +13,7 @@ import pytest
 import edgeood
 from edgeood.errors import EdgeoodError
 from edgeood.runtime.tensorrt.cuda import GpuInfo
-from edgeood.runtime.tensorrt.backend import (TensorSpec, check_engine_target, check_io,
+from edgeood.runtime.tensorrt.backend import (engine_tensor, check_engine_target, check_io,
                                               check_plan, engine_section, engine_target,
                                               require_tensorrt, tensorrt_or_none)
 from tests.helpers.detectors import tiny_detector
@@ -91,11 +91,11 @@ def test_refuses_other_plan_or_io():
     import hashlib
     check_plan(path, {"plan_sha256": hashlib.sha256(b"plan").hexdigest()}, b"plan")
     assert "sha256 differs" in one_line(check_plan, path, {"plan_sha256": "0" * 64}, b"plan")
-    io = [TensorSpec("input", "input", (-1, 1, 8, 8), "FLOAT"),
-          TensorSpec("logits", "output", (-1, 3), "FLOAT"),
-          TensorSpec("score_energy", "output", (-1,), "FLOAT")]
+    io = [engine_tensor("input", "input", (-1, 1, 8, 8), "FLOAT"),
+          engine_tensor("logits", "output", (-1, 3), "FLOAT"),
+          engine_tensor("score_energy", "output", (-1,), "FLOAT")]
     check_io(path, SECTION, io)
-    msg = one_line(check_io, path, SECTION, io[:2] + [TensorSpec("score_msp", "output", (-1,),
+    msg = one_line(check_io, path, SECTION, io[:2] + [engine_tensor("score_msp", "output", (-1,),
                                                                  "FLOAT")])
     assert "sidecar only: score_energy" in msg and "engine only: score_msp" in msg
 

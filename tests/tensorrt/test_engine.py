@@ -19,7 +19,7 @@ from edgeood.tensorrt.builder import (TrtFeatures, build_key, default_engine_pat
                             head_of, network_flags, parse_device, timing_cache_path,
                             trtexec_command, validate_build, version_tag, write_engine)
 from edgeood.errors import EdgeoodError
-from edgeood.runtime.tensorrt.backend import TensorSpec
+from edgeood.runtime.tensorrt.backend import engine_tensor
 from tests.helpers.detectors import TRT10, TRT11, tiny_detector
 
 
@@ -245,8 +245,8 @@ def test_sidecar_and_plain_plan(tmp_path, det):
     req = _request(det, tmp_path)
     key = build_key(req.options, detector_sha256(det), "10.3.0",
                     {"name": "Orin", "compute_capability": "8.7"})
-    io = [TensorSpec("input", "input", (-1, 1, 8, 8), "FLOAT"),
-          TensorSpec("logits", "output", (-1, 3), "FLOAT")]
+    io = [engine_tensor("input", "input", (-1, 1, 8, 8), "FLOAT"),
+          engine_tensor("logits", "output", (-1, 3), "FLOAT")]
     plan = b"\x00ftrt-plan-bytes" * 10
     meta = engine_metadata(req, key, io, plan, ["score_energy/max"])
     write_engine(req.out, plan, meta)
@@ -273,9 +273,9 @@ def _fake_engine(det, tmp_path):
     req = _request(det, tmp_path)
     key = build_key(req.options, detector_sha256(det), "10.3.0",
                     {"name": "Orin", "compute_capability": "8.7"})
-    io = [TensorSpec("input", "input", (-1, 1, 8, 8), "FLOAT"),
-          TensorSpec("logits", "output", (-1, 3), "FLOAT"),
-          TensorSpec("score_energy", "output", (-1,), "FLOAT")]
+    io = [engine_tensor("input", "input", (-1, 1, 8, 8), "FLOAT"),
+          engine_tensor("logits", "output", (-1, 3), "FLOAT"),
+          engine_tensor("score_energy", "output", (-1,), "FLOAT")]
     return write_engine(req.out, b"plan", engine_metadata(req, key, io, b"plan", []))
 
 

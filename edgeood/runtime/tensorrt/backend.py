@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeood.artifact.names import IMAGE_INPUT, MONITOR_STATE
+from edgeood.artifact.tensors import TensorSpec
 from edgeood.errors import EdgeoodError
 from edgeood.artifact.metadata import sidecar_path
 from edgeood.runtime.backend import closed_error
@@ -62,26 +62,11 @@ def require_tensorrt(what: str = "running a TensorRT engine") -> ModuleType:
     return module
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One I/O tensor of an engine (shape: -1 where dynamic)."""
-
-    name: str
-    mode: str  # "input" | "output"
-    shape: tuple[int, ...]
-    dtype: str  # TensorRT DataType name: FLOAT, HALF, INT64, ...
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "mode": self.mode, "shape": list(self.shape),
-                "dtype": self.dtype}
+def engine_tensor(name: str, mode: str, shape: tuple[int, ...], dtype: str) -> TensorSpec:
+    """An engine's I/O tensor as TensorRT gives it: mode "input" | "output", shape -1 where
+    dynamic, dtype a DataType name (FLOAT, HALF, INT64, ...)."""
+    return TensorSpec.from_engine_io({"name": name, "mode": mode, "shape": list(shape),
+                                      "dtype": dtype})
 
 
 # --- the sidecar, checked before the plan is touched ------------------------------------------
@@ -207,20 +192,20 @@ class TensorRTBackend:
         self.context: trt.IExecutionContext = context
         self.stream = Stream()
         inputs = [t for t in self.tensors if t.mode == "input"]
-        image = next((t for t in inputs if len(t.shape) == 4 and t.dtype in ("FLOAT", "HALF")
-                      and t.name != IMAGE_INPUT), inputs[0])
+        image = next((t for t in inputs if len(t.shape) == 4
+                      and t.trt_dtype in ("FLOAT", "HALF") and t.name != IMAGE_INPUT), inputs[0])
         self.input_name = image.name
-        frames = next((t for t in inputs if t.name == IMAGE_INPUT and t.dtype == "UINT8"), None)
+        frames = next((t for t in inputs if t.name == IMAGE_INPUT and t.trt_dtype == "UINT8"), None)
         self.image_input: str | None = frames.name if frames is not None else None
         # the entries of an --input uint8 detector (float batches, uint8 frames): the one not
         # fed gets an empty batch
         self.entries = {image.name, frames.name} if frames is not None else set()
-        self.input_shape: list[Any] = [d if d >= 0 else None for d in image.shape]
+        self.input_shape: list[Any] = [d if d >= 0 else None for d in image.dims()]
         self.output_names = [t.name for t in self.tensors if t.mode == "output"]
         self.output_shapes: dict[str, list[Any]] = {
-            t.name: [d if d >= 0 else None for d in t.shape]
+            t.name: [d if d >= 0 else None for d in t.dims()]
             for t in self.tensors if t.mode == "output"}
-        self.dynamic = image.shape[0] < 0
+        self.dynamic = image.dims()[0] < 0
         self.max_batch = self._max_shape(image)[0]
         self.cuda_graph = bool(cuda_graph)
         # a dynamic engine runs any batch up to max_batch; a fixed one (or a captured graph,
@@ -231,7 +216,7 @@ class TensorRTBackend:
         self.host: dict[str, PinnedBuffer] = {}
         for t in self.tensors:
             shape = self._max_shape(t)
-            dtype = np.dtype(DTYPES.get(t.dtype, np.float32))
+            dtype = np.dtype(DTYPES.get(t.trt_dtype, np.float32))
             self.device[t.name] = DeviceBuffer(int(np.prod(shape)) * dtype.itemsize)
             self.host[t.name] = PinnedBuffer(shape, dtype)
             if not self.context.set_tensor_address(t.name, self.device[t.name].ptr):
@@ -246,7 +231,7 @@ class TensorRTBackend:
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             mode = self.engine.get_tensor_mode(name)
-            out.append(TensorSpec(name, "input" if mode == trt.TensorIOMode.INPUT else "output",
+            out.append(engine_tensor(name, "input" if mode == trt.TensorIOMode.INPUT else "output",
                                   dims(self.engine.get_tensor_shape(name)),
                                   self.engine.get_tensor_dtype(name).name))
         return out
@@ -254,17 +239,18 @@ class TensorRTBackend:
     def _max_shape(self, t: TensorSpec) -> tuple[int, ...]:
         """The largest shape a tensor takes: its own where static, the optimization profile's
         maximum for dynamic inputs, and for outputs the input batch maximum on axis 0."""
-        if all(d >= 0 for d in t.shape):
-            return t.shape
+        shape = t.dims()
+        if all(d >= 0 for d in shape):
+            return shape
         if t.mode == "input":
             return dims(self.engine.get_tensor_profile_shape(t.name, 0)[2])
         first = next(s for s in self.tensors if s.mode == "input")
         batch = int(self.engine.get_tensor_profile_shape(first.name, 0)[2][0]) \
-            if first.shape[0] < 0 else first.shape[0]
-        if any(d < 0 for d in t.shape[1:]):
+            if first.dims()[0] < 0 else first.dims()[0]
+        if any(d < 0 for d in shape[1:]):
             raise EdgeoodError(f"{self.path}: output {t.name} has a data-dependent shape "
-                               f"{list(t.shape)}; edgeood engines have fixed output shapes")
-        return (batch, *t.shape[1:])
+                               f"{list(shape)}; edgeood engines have fixed output shapes")
+        return (batch, *shape[1:])
 
     # -- Backend protocol
     def _check_open(self) -> None:
@@ -308,7 +294,7 @@ class TensorRTBackend:
 
     def _batched(self, name: str) -> bool:
         spec = next(t for t in self.tensors if t.name == name)
-        return spec.shape[0] < 0 or spec.shape[0] == self.max_batch
+        return spec.dims()[0] < 0 or spec.dims()[0] == self.max_batch
 
     def _default_feed(self, t: TensorSpec, n: int) -> NDArray:
         """What an input not given gets: the other image entry an empty batch, a folded
@@ -332,7 +318,7 @@ class TensorRTBackend:
             shape = tuple(int(d) for d in value.shape)
             host = self.host[t.name]
             np.copyto(host.array.reshape(-1)[:value.size].reshape(shape), value)
-            if t.shape != shape and self._shapes.get(t.name) != shape:
+            if t.dims() != shape and self._shapes.get(t.name) != shape:
                 if not self.context.set_input_shape(t.name, shape):
                     raise EdgeoodError(f"{self.path}: TensorRT refused the shape {list(shape)} "
                                        f"for {t.name} (profile max {list(self._max_shape(t))})")
