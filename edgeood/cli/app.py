@@ -643,21 +643,31 @@ def triton(
     batch: Optional[int] = typer.Option(None, "--batch", help="max_batch_size (dynamic "
                                         "batching; default 8, an engine's profile maximum)."),
     entry: Optional[str] = ENTRY,
-    kind: str = typer.Option("gpu", "--kind", help="Instance group kind: gpu, cpu or auto."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Instance group kind: gpu, cpu or "
+                                       "auto (default gpu; cpu with --backend python)."),
     instances: int = typer.Option(1, "--instances", help="Model instances."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime (the model file; "
+                                "TensorRT for engines) or python (ONNX Runtime on the CPU and "
+                                "one exact float64 stream monitor per sequence id)."),
     as_json: bool = JSON,
 ):
     """A Triton model repository: REPO/NAME/config.pbtxt and 1/model.onnx or 1/model.plan."""
     from edgeood.deploy.triton import triton_repository
-    res = triton_repository(detector, out, name, batch, entry, kind, instances)
+    from edgeood.deploy.triton_python import BACKENDS, triton_python_repository
+    if backend not in BACKENDS:
+        raise EdgeoodError(f"--backend {backend} must be one of {', '.join(BACKENDS)}")
+    if backend == "python":
+        res = triton_python_repository(detector, out, name, batch, entry, kind, instances)
+    else:
+        res = triton_repository(detector, out, name, batch, entry, kind or "gpu", instances)
     if as_json:
         return _print_json({"repository": str(res.repository), "model_dir": str(res.model_dir),
                             "config": str(res.config), "model": str(res.model),
                             "input": res.entry})
     typer.echo(f"wrote {res.model_dir} ({res.config.name}, {res.model.relative_to(res.model_dir)})")
     typer.echo(f"next: tritonserver --model-repository {res.repository.resolve()}")
-    typer.echo(f"then: python samples/triton_client.py {res.model_dir.name} IMAGES "
-               "--url localhost:8000")
+    typer.echo(f"then: python -m edgeood.deploy.client {res.model_dir.name} IMAGES "
+               "--url localhost:8001")
 
 
 @deploy_command

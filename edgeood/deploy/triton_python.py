@@ -29,6 +29,7 @@ from edgeood.deploy.triton import (KINDS, QUEUE_DELAY_US, SEQUENCE_IDLE_US, Trit
 from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.version import __version__
 
+BACKENDS = ("onnxruntime", "python")
 MAX_STREAMS = 256  # sequences the batcher keeps as candidates (the others wait in its backlog)
 STREAM_TENSORS = [Tensor("stream_alarm", "bool", [-1]), Tensor("stream_statistic", "float64", [-1]),
                   Tensor("stream_frame", "int64", [-1])]

@@ -143,3 +143,41 @@ class LoadError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n--- tritonserver log (tail) ---\n{self.server_log}"
+
+
+MONITOR_SCRIPT = """
+import json, sys
+import numpy as np
+from edgeood.stats.monitor import StreamMonitor
+meta = json.loads(open(sys.argv[1]).read())
+data = np.load(sys.argv[2])
+out = {}
+for k in range(int(sys.argv[4])):
+    mon = StreamMonitor.from_detector(meta)
+    steps = mon.update_batch({m: data[f"{k}_{m}"] for m in mon.methods})
+    out[f"{k}_statistic"], out[f"{k}_alarm"] = steps.statistic, steps.alarm
+np.savez(sys.argv[3], **out)
+"""
+
+
+def monitor_in_server_python(bin_dir: Path, meta: dict, pvalues: list[dict], workdir: Path):
+    """edgeood's StreamMonitor (this checkout's source) run by the server's own Python and NumPy
+    over each stream's p-values: [(statistic, alarm)] per stream. NumPy 1.x and 2.x round log
+    and expm1 differently in the last bit, so bit-for-bit comparisons with the served statistic
+    use the server's NumPy."""
+    import json
+
+    import numpy as np
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "meta.json").write_text(json.dumps(meta))
+    np.savez(workdir / "p.npz", **{f"{k}_{m}": v for k, ps in enumerate(pvalues)
+                                   for m, v in ps.items()})
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([str(bin_dir / "python"), "-c", MONITOR_SCRIPT,
+                           str(workdir / "meta.json"), str(workdir / "p.npz"),
+                           str(workdir / "out.npz"), str(len(pvalues))],
+                          capture_output=True, text=True, timeout=120, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"StreamMonitor in the server's Python failed: {proc.stderr[-2000:]}")
+    out = np.load(workdir / "out.npz")
+    return [(out[f"{k}_statistic"], out[f"{k}_alarm"]) for k in range(len(pvalues))]
