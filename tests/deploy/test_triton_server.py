@@ -25,6 +25,7 @@ from edgeood.deploy.triton import triton_repository
 from edgeood.deploy.triton_python import triton_python_repository
 from edgeood.graph.preprocess import entry_point
 from edgeood.stats.monitor import StreamMonitor
+from tests.helpers import DATA
 from tests.helpers.cli import cli
 from tests.helpers.deploy import engine_sidecar
 from tests.helpers.triton import LoadError, monitor_in_server_python
@@ -32,6 +33,7 @@ from tests.helpers.triton import LoadError, monitor_in_server_python
 pytestmark = pytest.mark.triton
 
 STATE_OUTPUTS = ("monitor_state_out",)
+GOLDEN_ALL = DATA / "legacy" / "digits_all.onnx"  # all 12 methods, an int64 grood_label output
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,12 @@ def test_onnxruntime_repositories_serve_the_detectors_outputs(triton_server, dig
     x = preprocessed(camera_detector.path, frames[:4])
     part = served.infer(x[:1], 7, start=True, end=True)
     assert_same(part, reference(camera_detector.path, x[:1]), "camera_float")
-    for name in ("float_all", "camera_monitor", "camera_float"):
+    # the golden detector with all 12 methods (float input, int64 grood_label)
+    triton_repository(GOLDEN_ALL, repo, "golden_all", kind="cpu", max_batch=4)
+    served = serve(triton_server, "golden_all")
+    x = preprocessed(GOLDEN_ALL, frames)
+    assert_same(served.run(x, batch=4), reference(GOLDEN_ALL, x), "golden_all")
+    for name in ("float_all", "camera_monitor", "camera_float", "golden_all"):
         triton_server.unload(name)
 
 
@@ -226,6 +233,28 @@ def test_python_backend_keeps_every_streams_alarm_exact(triton_server, camera_de
     assert int(model["inference_count"]) == sum(map(len, streams))
     assert int(model["execution_count"]) < int(model["inference_count"])
     triton_server.unload("py_streams")
+
+
+def test_python_backend_serves_all_methods_on_the_float_input(triton_server, digits_data,
+                                                              tmp_path):
+    """--backend python on the golden detector with all 12 methods (float input, no in-graph
+    monitor; the stream monitor bets on the primary method): outputs equal edgeood's and the
+    statistic edgeood's StreamMonitor under the server's NumPy."""
+    triton_python_repository(GOLDEN_ALL, triton_server.repository, "py_all", threads=1)
+    served = serve(triton_server, "py_all")
+    assert served.input["data_type"] == "TYPE_FP32"
+    frames = np.concatenate([digits_data.test[0][:10], digits_data.far[:10]])
+    x = preprocessed(GOLDEN_ALL, frames)
+    out = served.stream(x, 9)
+    ref = reference(GOLDEN_ALL, x)
+    assert_same({n: v for n, v in out.items() if not n.startswith("stream_")}, ref, "py_all")
+    meta = edgeood.load(GOLDEN_ALL, device="cpu").metadata
+    primary = meta["primary"]
+    ((statistic, alarm),) = monitor_in_server_python(
+        triton_server.bin_dir, meta, [{primary: ref[f"pvalue_{primary}"]}], tmp_path / "m")
+    np.testing.assert_array_equal(out["stream_statistic"], statistic)
+    np.testing.assert_array_equal(out["stream_alarm"], alarm)
+    triton_server.unload("py_all")
 
 
 def test_python_backend_idle_stream_is_freed_and_restarts_from_zero(triton_server,
