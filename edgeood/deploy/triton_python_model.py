@@ -8,7 +8,7 @@ needs numpy (1.x or 2.x) and onnxruntime, not edgeood.
 A request is one or more consecutive frames of one stream, identified by the sequence batcher's
 correlation id (control input CORRID); START resets the stream's statistic to 0, END frees its
 state, and a stream not seen for max_sequence_idle_microseconds is freed at the next execution
-(Triton itself then refuses its requests until one carries START). The requests of one execution
+(Triton itself refuses its requests from then on until one carries START). The requests of one execution
 (several streams, interleaved by the sequence batcher) run through ONNX Runtime as one batch;
 the monitors are then updated request by request, in arrival order.
 """
@@ -51,8 +51,11 @@ class TritonPythonModel:
         self.state = settings.get("state_input")
         self.outputs = list(settings["outputs"])
         self.pvalues = {m: f"pvalue_{m}" for m in settings["monitor"]["methods"]}
-        idle_us = int(config["sequence_batching"]["max_sequence_idle_microseconds"])
-        self.streams = _sibling("triton_stream").Streams(settings["monitor"], idle_us / 1e6)
+        self.idle_s = int(config["sequence_batching"]["max_sequence_idle_microseconds"]) / 1e6
+        # freed a little after Triton's own timeout (it times the requests' arrival, this the
+        # executions'), so that Triton always ends an idle sequence first
+        self.streams = _sibling("triton_stream").Streams(
+            settings["monitor"], self.idle_s + min(1.0, 0.1 * self.idle_s))
         self.log = pb.Logger
 
     def _control(self, request, name: str):
@@ -63,8 +66,8 @@ class TritonPythonModel:
         pb = self.pb
         now = time.monotonic()
         for key in self.streams.sweep(now):
-            self.log.log_info(f"edgeood: stream {key} idle for more than "
-                              f"{self.streams.idle_s:g} s, its monitor state freed")
+            self.log.log_info(f"edgeood: stream {key} idle for more than {self.idle_s:g} s "
+                              "(max_sequence_idle_microseconds), its monitor state freed")
         try:
             xs = [pb.get_input_tensor_by_name(r, self.input).as_numpy() for r in requests]
             x = xs[0] if len(xs) == 1 else np.concatenate(xs)

@@ -21,7 +21,6 @@ from edgeood.deploy.triton import triton_repository
 from edgeood.errors import EdgeoodError
 from edgeood.graph.preprocess import entry_point
 from edgeood.artifact.metadata import SCHEMA_VERSION, embed
-from tests.helpers import REPO
 from tests.helpers.deploy import engine_sidecar
 
 TYPES = {"float32": mc.TYPE_FP32, "bool": mc.TYPE_BOOL, "int64": mc.TYPE_INT64,

@@ -28,7 +28,7 @@ from edgeood.stats.monitor import StreamMonitor
 from tests.helpers import DATA
 from tests.helpers.cli import cli
 from tests.helpers.deploy import engine_sidecar
-from tests.helpers.triton import LoadError, monitor_in_server_python
+from tests.helpers.triton import LoadError, camera_streams, monitor_in_server_python
 
 pytestmark = pytest.mark.triton
 
@@ -175,20 +175,6 @@ def test_server_refuses_bad_configs(triton_server, camera_detector):
     triton_server.unload("good")
 
 
-def camera_streams(data, n: int, length: int = 40):
-    """n streams of `length` frames: ID test digits, then far-OOD from frame 12 + k (k: the
-    stream), every stream its own frames."""
-    id_frames, ood = data.test[0], data.far
-    streams, changes = [], []
-    for k in range(n):
-        change = 12 + k % 16
-        idx = (np.arange(change) * 7 + 13 * k) % len(id_frames)
-        odx = (np.arange(length - change) * 5 + 11 * k) % len(ood)
-        streams.append(np.concatenate([id_frames[idx], ood[odx]]))
-        changes.append(change)
-    return streams, changes
-
-
 def offline_monitor(path, frames):
     """The stream's p-values by edgeood's detector and edgeood's StreamMonitor over them."""
     det = edgeood.load(path, device="cpu")
@@ -277,7 +263,8 @@ def test_python_backend_idle_stream_is_freed_and_restarts_from_zero(triton_serve
     with pytest.raises(InferenceServerException, match="START"):
         served.infer(frames[20:21], 5)
     served.stream(streams[1][:2], 6)  # any request: the model sweeps idle streams
-    assert "stream 5 idle for more than 1 s, its monitor state freed" in triton_server.log()
+    assert "edgeood: stream 5 idle for more than 1 s" in triton_server.log()
+    assert "edgeood: stream 6 idle" not in triton_server.log()
     again = served.stream(frames[10:30], 5, end=False)
     _, fresh = offline_monitor(camera_detector.path, frames[10:30])
     np.testing.assert_array_equal(again["stream_frame"], np.arange(20))

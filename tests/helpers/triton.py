@@ -181,3 +181,19 @@ def monitor_in_server_python(bin_dir: Path, meta: dict, pvalues: list[dict], wor
         raise RuntimeError(f"StreamMonitor in the server's Python failed: {proc.stderr[-2000:]}")
     out = np.load(workdir / "out.npz")
     return [(out[f"{k}_statistic"], out[f"{k}_alarm"]) for k in range(len(pvalues))]
+
+
+def camera_streams(data, n: int, length: int = 40):
+    """(streams, change frames): n camera streams of `length` uint8 frames from the digits
+    set (edgeood.zoo.digits.load_data): ID test digits, then far-OOD (photo patches, noise)
+    from frame 12 + k % 16 on (k: the stream), every stream its own frames."""
+    import numpy as np
+    id_frames, ood = data.test[0], data.far
+    streams, changes = [], []
+    for k in range(n):
+        change = 12 + k % 16
+        idx = (np.arange(change) * 7 + 13 * k) % len(id_frames)
+        odx = (np.arange(length - change) * 5 + 11 * k) % len(ood)
+        streams.append(np.concatenate([id_frames[idx], ood[odx]]))
+        changes.append(change)
+    return streams, changes
