@@ -8,6 +8,7 @@ edgeood's StreamMonitor run offline. One server for the session; models are load
 unloaded through its API."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -45,15 +46,19 @@ def camera_detector(digits_model, digits_data, tmp_path_factory):
                           recipe="digits_cnn", out=out, input="uint8", stream_monitor=True)
 
 
+@functools.lru_cache(maxsize=8)
+def loaded(path):
+    return edgeood.load(path, device="cpu")
+
+
 def reference(path, frames: np.ndarray) -> dict[str, np.ndarray]:
     """Every output of the detector for the frames, run by edgeood (each frame a fresh stream
     for a folded monitor)."""
-    det = edgeood.load(path, device="cpu")
-    return det.backend.run(frames)
+    return loaded(path).backend.run(frames)
 
 
 def preprocessed(path, frames: np.ndarray) -> np.ndarray:
-    det = edgeood.load(path, device="cpu")
+    det = loaded(path)
     return np.concatenate([b.x for b in open_source(frames).batches(det.preprocess, 64)])
 
 
@@ -177,7 +182,7 @@ def test_server_refuses_bad_configs(triton_server, camera_detector):
 
 def offline_monitor(path, frames):
     """The stream's p-values by edgeood's detector and edgeood's StreamMonitor over them."""
-    det = edgeood.load(path, device="cpu")
+    det = loaded(path)
     out = det.backend.run(frames)
     mon = StreamMonitor.from_detector(det.metadata)
     steps = mon.update_batch({m: out[f"pvalue_{m}"] for m in mon.methods})
@@ -186,39 +191,44 @@ def offline_monitor(path, frames):
 
 def test_python_backend_keeps_every_streams_alarm_exact(triton_server, camera_detector,
                                                         digits_data, tmp_path):
-    """8 cameras at once over gRPC, interleaved in the same batches: every stream's detector
-    outputs equal edgeood's; its statistic equals edgeood's StreamMonitor run offline on that
-    stream alone, bit for bit under the server's NumPy (1.x; NumPy 2 here rounds log/expm1
+    """8, then 32 cameras at once over gRPC, interleaved in the same batches: every stream's
+    detector outputs equal edgeood's; its statistic equals edgeood's StreamMonitor run offline on
+    that stream alone, bit for bit under the server's NumPy (1.x; NumPy 2 here rounds log/expm1
     differently in the last bit: alarms equal, statistic within 1e-13), and no state leaks
     between streams."""
     triton_python_repository(camera_detector.path, triton_server.repository, "py_streams",
                              threads=1)
     served = serve(triton_server, "py_streams")
     assert served.sequence and served.input["name"] == "image"
-    streams, changes = camera_streams(digits_data, 8)
-    run = run_streams(triton_server.grpc_url, "py_streams", streams, first_id=100)
+    for n, first_id in ((8, 100), (32, 200)):
+        check_streams(triton_server, camera_detector, digits_data, n, first_id, tmp_path / str(n))
+    stats = served.client.get_inference_statistics("py_streams", as_json=True)
+    model = stats["model_stats"][0]
+    # several streams' frames went through one execution (sequence batching, Oldest)
+    assert int(model["inference_count"]) == 40 * (8 + 32)
+    assert int(model["execution_count"]) < int(model["inference_count"])
+    triton_server.unload("py_streams")
+
+
+def check_streams(triton_server, camera_detector, digits_data, n, first_id, tmp_path):
+    streams, changes = camera_streams(digits_data, n)
+    run = run_streams(triton_server.grpc_url, "py_streams", streams, first_id=first_id)
     pvalues = []
     for k, (frames, out) in enumerate(zip(streams, run.outputs)):
         ref, steps = offline_monitor(camera_detector.path, frames)
-        served_detector = {n: v for n, v in out.items() if not n.startswith("stream_")}
-        ref = {n: v for n, v in ref.items() if n not in ("stream_alarm", "monitor_state_out")}
-        assert_same(served_detector, ref, f"stream {k}")
+        served_detector = {o: v for o, v in out.items() if not o.startswith("stream_")}
+        ref = {o: v for o, v in ref.items() if o not in ("stream_alarm", "monitor_state_out")}
+        assert_same(served_detector, ref, f"{n} streams: stream {k}")
         pvalues.append({"energy": ref["pvalue_energy"]})
         np.testing.assert_array_equal(out["stream_alarm"], steps.alarm)
         np.testing.assert_allclose(out["stream_statistic"], steps.statistic, rtol=1e-13)
         np.testing.assert_array_equal(out["stream_frame"], np.arange(len(frames)))
         assert not steps.alarm[:changes[k]].any() and steps.alarm[-1], k  # OOD alarms
     same_numpy = monitor_in_server_python(triton_server.bin_dir, camera_detector.metadata,
-                                          pvalues, tmp_path / "monitor")
+                                          pvalues, tmp_path)
     for k, (statistic, alarm) in enumerate(same_numpy):
         np.testing.assert_array_equal(run.outputs[k]["stream_statistic"], statistic)
         np.testing.assert_array_equal(run.outputs[k]["stream_alarm"], alarm)
-    stats = served.client.get_inference_statistics("py_streams", as_json=True)
-    model = stats["model_stats"][0]
-    # several streams' frames went through one execution (sequence batching, Oldest)
-    assert int(model["inference_count"]) == sum(map(len, streams))
-    assert int(model["execution_count"]) < int(model["inference_count"])
-    triton_server.unload("py_streams")
 
 
 def test_python_backend_serves_all_methods_on_the_float_input(triton_server, digits_data,
