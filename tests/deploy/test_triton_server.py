@@ -268,8 +268,10 @@ def test_python_backend_idle_stream_is_freed_and_restarts_from_zero(triton_serve
     _, steps = offline_monitor(camera_detector.path, frames[:20])
     np.testing.assert_array_equal(first["stream_alarm"], steps.alarm)
     np.testing.assert_allclose(first["stream_statistic"], steps.statistic, rtol=1e-13)
-    time.sleep(1.6)
     from tritonclient.utils import InferenceServerException
+    with pytest.raises(InferenceServerException, match="must specify batch-size 1"):
+        served.infer(frames[20:22], 5)  # the sequence batcher: one frame a request
+    time.sleep(1.6)
     with pytest.raises(InferenceServerException, match="START"):
         served.infer(frames[20:21], 5)
     served.stream(streams[1][:2], 6)  # any request: the model sweeps idle streams
