@@ -5,12 +5,13 @@ Copied as REPO/<name>/1/model.py, next to triton_stream.py (the per-stream monit
 and stream.json (the served input, outputs and the monitor's configuration). The server's Python
 needs numpy (1.x or 2.x) and onnxruntime, not edgeood.
 
-A request is one frame of one stream (Triton's sequence batcher takes requests of batch size 1),
-identified by the sequence batcher's correlation id (control input CORRID); START resets the stream's statistic to 0, END frees its
-state, and a stream not seen for max_sequence_idle_microseconds is freed at the next execution
-(Triton itself refuses its requests from then on until one carries START). The requests of one execution
-(several streams, interleaved by the sequence batcher) run through ONNX Runtime as one batch;
-the monitors are then updated request by request, in arrival order.
+A request is one frame of one stream (Triton's sequence batcher takes requests of batch size
+1), identified by the sequence batcher's correlation id (control input CORRID); START resets
+the stream's statistic to 0, END frees its state, and a stream not seen for
+max_sequence_idle_microseconds is freed at the next execution (Triton itself refuses its
+requests from then on until one carries START). The requests of one execution (several
+streams, interleaved by the sequence batcher) run through ONNX Runtime as one batch; the
+monitors are then updated request by request, in arrival order.
 """
 from __future__ import annotations
 
