@@ -89,6 +89,7 @@ COMMANDS = (EXPORT, CALIBRATE, RUN, EVAL, INSPECT, WATCH, CHECK, PROFILE, BUILD,
 EXPORT_INPUTS = ("float", "uint8")  # --input: the float input only, or camera frames as well
 INT8_METHODS = ("minmax", "entropy", "percentile")  # as edgeood.graph.precision
 TRITON_KINDS = ("gpu", "cpu", "auto")
+TRITON_BACKENDS = ("onnxruntime", "python")  # deploy triton --backend
 
 O = Option
 TABLE: tuple[Option, ...] = (
@@ -239,9 +240,12 @@ TABLE: tuple[Option, ...] = (
     O("input", "--input", Optional[str], None, "The input served: image (uint8 frames; the "
       "default when the detector has it) or float.", (TRITON,),
       one_of(("image", "uint8", "float"))),
-    O("kind", "--kind", str, "gpu", "Instance group kind: gpu, cpu or auto.", (TRITON,),
-      one_of(TRITON_KINDS)),
+    O("kind", "--kind", Optional[str], None, "Instance group kind: gpu, cpu or auto (default "
+      "gpu; cpu with --backend python).", (TRITON,), one_of(TRITON_KINDS)),
     O("instances", "--instances", int, 1, "Model instances.", (TRITON,), at_least(1)),
+    O("backend", "--backend", str, "onnxruntime", "onnxruntime (the model file; TensorRT for "
+      "engines) or python (ONNX Runtime on the CPU and one exact float64 stream monitor per "
+      "sequence id).", (TRITON,), one_of(TRITON_BACKENDS)),
     O("half", "--half", bool, False, "network-mode=2: nvinfer builds FP16 (the thresholds were "
       "calibrated in float32).", (DEEPSTREAM,)),
     O("device", "--device", int, 0, "gpu-id.", (DEEPSTREAM,), at_least(0)),
@@ -409,8 +413,9 @@ class TritonConfig(Config):
     name: str | None
     batch: int | None
     input: str | None
-    kind: str
+    kind: str | None
     instances: int
+    backend: str
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import onnx
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgeood.artifact.files import staging_dir
 from edgeood.errors import EdgeoodError
+
+if TYPE_CHECKING:  # onnx is imported where a model is read or written: the typed metadata
+    import onnx    # alone needs no onnx (the stream monitor reads it inside a Triton model)
 
 SCHEMA_VERSION = 1
 KEY = "edgeood"
@@ -281,6 +282,7 @@ def save_detector(model: onnx.ModelProto, meta: dict[str, Any], path: str | Path
         if external:
             save_external(model, staging / path.name)
         else:
+            import onnx
             onnx.save_model(model, str(staging / path.name))
         (staging / (path.name + ".json")).write_text(dumps(meta))
         if external:
@@ -294,6 +296,7 @@ def save_detector(model: onnx.ModelProto, meta: dict[str, Any], path: str | Path
 
 def save_external(model: onnx.ModelProto, path: Path) -> Path:
     """Save with every tensor over 1 kB in one '<name>.data' file beside the model."""
+    import onnx
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
     return path
@@ -332,6 +335,7 @@ def read_with_model(path: str | Path) -> tuple[dict[str, Any], onnx.ModelProto |
     model = None
     if path.suffix.lower() == ".onnx":
         try:
+            import onnx
             model = onnx.load(str(path), load_external_data=False)
         except Exception:
             raise EdgeoodError(f"{path} is not a readable ONNX file; pass a detector written by "

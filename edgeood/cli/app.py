@@ -576,17 +576,23 @@ def triton(
     name: Optional[str] = opt(TRITON, "name"),
     batch: Optional[int] = opt(TRITON, "batch"),
     input: Optional[str] = opt(TRITON, "input"),
-    kind: str = opt(TRITON, "kind"),
+    kind: Optional[str] = opt(TRITON, "kind"),
     instances: int = opt(TRITON, "instances"),
+    backend: str = opt(TRITON, "backend"),
     as_json: bool = opt(TRITON, "as_json"), quiet: bool = opt(TRITON, "quiet"),
 ):
     """A Triton model repository: REPO/NAME/config.pbtxt and 1/model.onnx or 1/model.plan."""
     from edgeood.config import TritonConfig
     from edgeood.deploy.triton import triton_repository
     cfg = TritonConfig.from_kwargs("cli", out=out, name=name, batch=batch, input=input,
-                                   kind=kind, instances=instances)
-    res = triton_repository(detector, cfg.out, cfg.name, cfg.batch, cfg.input, cfg.kind,
-                            cfg.instances)
+                                   kind=kind, instances=instances, backend=backend)
+    if cfg.backend == "python":
+        from edgeood.deploy.triton_python import triton_python_repository
+        res = triton_python_repository(detector, cfg.out, cfg.name, cfg.batch, cfg.input,
+                                       cfg.kind, cfg.instances)
+    else:
+        res = triton_repository(detector, cfg.out, cfg.name, cfg.batch, cfg.input,
+                                cfg.kind or "gpu", cfg.instances)
     if as_json:
         return _print_json({"repository": str(res.repository), "model_dir": str(res.model_dir),
                             "config": str(res.config), "model": str(res.model),
@@ -595,8 +601,8 @@ def triton(
     if quiet:
         return
     typer.echo(f"next: tritonserver --model-repository {res.repository.resolve()}")
-    typer.echo(f"then: python samples/triton_client.py {res.model_dir.name} IMAGES "
-               "--url localhost:8000")
+    typer.echo(f"then: python -m edgeood.deploy.client {res.model_dir.name} IMAGES "
+               "--url localhost:8001")
 
 
 @deploy_command

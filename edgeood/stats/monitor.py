@@ -71,13 +71,15 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from edgeood.artifact.metadata import DetectorMetadata
 from edgeood.artifact.names import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
 from edgeood.errors import EdgeoodError, did_you_mean
+
+if TYPE_CHECKING:  # the monitor itself needs NumPy only (it also runs inside a Triton model)
+    from edgeood.artifact.metadata import DetectorMetadata
 
 DEFAULT_ARL = 10000.0
 DEFAULT_DELTA = 0.01
@@ -536,6 +538,7 @@ class StreamMonitor:
 # --- metadata helpers ---------------------------------------------------------------------------
 def _metadata_of(detector) -> DetectorMetadata:
     """The typed metadata of a Detector, a metadata dict or a detector path."""
+    from edgeood.artifact.metadata import DetectorMetadata
     if isinstance(detector, DetectorMetadata):
         return detector
     if isinstance(detector, Mapping):

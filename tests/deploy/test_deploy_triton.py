@@ -21,7 +21,6 @@ from edgeood.deploy.triton import triton_repository
 from edgeood.errors import EdgeoodError
 from edgeood.graph.preprocess import entry_point
 from edgeood.artifact.metadata import SCHEMA_VERSION, embed
-from tests.helpers import REPO
 from tests.helpers.deploy import engine_sidecar
 
 TYPES = {"float32": mc.TYPE_FP32, "bool": mc.TYPE_BOOL, "int64": mc.TYPE_INT64,
@@ -263,24 +262,3 @@ def test_cli_deploy_triton(detector, tmp_path):
     bad = cli("deploy", "triton", det, "--out", tmp_path / "r3", "--kind", "tpu", check=False)
     assert bad.returncode == 2 and "--kind tpu must be one of gpu, cpu, auto" in bad.stderr
     assert not (tmp_path / "r3" / "cam").exists()
-
-
-def test_triton_client_sample_builds_requests_from_the_config(detector, digits_data, tmp_path):
-    """samples/triton_client.py's request() on the generated config (Triton's JSON form of it);
-    the server itself is not here."""
-    import importlib.util
-    import sys
-
-    import tritonclient.grpc as client_module
-    from google.protobuf import json_format
-    path = REPO / "samples" / "triton_client.py"
-    spec = importlib.util.spec_from_file_location("triton_client", path)
-    sample = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = sample
-    spec.loader.exec_module(sample)
-    res = triton_repository(detector.path, tmp_path / "repo")
-    config = json_format.MessageToDict(parse(res.config), preserving_proto_field_name=True)
-    frames = digits_data.test[0][:3]
-    (inp,), outputs = sample.request(config, frames, client_module)
-    assert inp.name() == "image" and inp.datatype() == "UINT8" and inp.shape() == [3, 8, 8, 1]
-    assert [o.name() for o in outputs] == detector.metadata["outputs"]

@@ -179,3 +179,12 @@ def test_package_is_valid_python_3_10():
                            "sys.argv[1:] = " + repr(args) + "; sys.exit(main())"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_stream_monitor_needs_numpy_only():
+    """The stream monitor (and the typed metadata it reads) runs inside a Triton Python-backend
+    model whose environment has NumPy and ONNX Runtime but no onnx."""
+    code = ("import sys; sys.modules['onnx'] = None; "
+            "from edgeood.stats.monitor import StreamMonitor; "
+            "from edgeood.artifact.metadata import DetectorMetadata")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
