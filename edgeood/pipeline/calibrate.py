@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -183,6 +183,7 @@ class ScoredSet:
     logits: np.ndarray
     count: int
     data_hash: str
+    row_hashes: list[str] = field(default_factory=list)  # image_fingerprint of every row
 
 
 def score_source(backend: OrtBackend, methods: list[str], source: ImageSource, pre: Preprocess,
@@ -190,10 +191,30 @@ def score_source(backend: OrtBackend, methods: list[str], source: ImageSource, p
     """Scores of every method (from the folded graph) over a source."""
     names = [LOGITS] + [score_name(m) for m in methods]
     h = hashlib.sha256()
-    cat = run_over(backend, source, pre, batch_size, names, "scoring", progress,
-                   on_batch=lambda x: h.update(x.tobytes()))
+    rows: list[str] = []
+
+    def seen(x: np.ndarray) -> None:
+        h.update(x.tobytes())
+        rows.extend(image_fingerprint(r) for r in x)
+
+    cat = run_over(backend, source, pre, batch_size, names, "scoring", progress, on_batch=seen)
     return ScoredSet({m: cat[score_name(m)] for m in methods}, cat[LOGITS], len(source),
-                     h.hexdigest()[:16])
+                     h.hexdigest()[:16], rows)
+
+
+def image_fingerprint(x: np.ndarray) -> str:
+    """16 hex digits identifying one preprocessed image (its float32 bytes): how calibration
+    recognises the images a method was fitted on."""
+    return hashlib.blake2b(np.ascontiguousarray(x, np.float32).tobytes(),
+                           digest_size=8).hexdigest()
+
+
+def calibration_rows(entry: dict, rows: list[str]) -> np.ndarray:
+    """Positions of the scored images a method may calibrate on: all of them, except the
+    images its statistics were fitted on (`fitted_images` in its metadata entry; a nearest-
+    neighbour bank scores its own images too high, so they would bias its threshold)."""
+    fitted = set(entry.get("fitted_images") or ())
+    return np.array([i for i, r in enumerate(rows) if r not in fitted], dtype=np.int64)
 
 
 def threshold_at(scores: np.ndarray, tpr: float) -> float:

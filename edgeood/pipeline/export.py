@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from edgeood.pipeline.calibrate import (check_count, fit_methods, reference_scores, score_source,
-                               threshold_at)
+from edgeood.pipeline.calibrate import (calibration_rows, check_count, fit_methods,
+                                        reference_scores, score_source, threshold_at)
 from edgeood.artifact.names import IMAGE_INPUT
 from edgeood.data import ImageSource, Preprocess, open_source
 from edgeood.errors import EdgeoodError, did_you_mean
@@ -419,10 +419,12 @@ def calibrate_stage(state: ExportState) -> ExportState:
             if req.scorer is None:  # a scorer passed in is its owner's to close
                 backend.close()
     refs = {}
+    previous = (meta.get("calibration") or {}).get("hash")
     for m in methods:
         s = scored.scores[m]
-        if m in state.holdout:  # only images the method did not fit on
-            s = s[state.holdout[m]]
+        rows = calibration_positions(state, m, scored, previous)
+        if rows is not None:  # only images the method did not fit on
+            s = s[rows]
             meta["methods"][m]["calibration_count"] = int(len(s))
         meta["methods"][m]["threshold"] = threshold_at(s, req.tpr)
         refs[m] = reference_scores(s, req.seed)
@@ -436,6 +438,38 @@ def calibrate_stage(state: ExportState) -> ExportState:
         meta["precision_detail"]["thresholds_fitted_on"] = (
             f"the {meta['precision']} detector graph: {scored.count} images of {req.data.name}")
     return state
+
+
+def calibration_positions(state: ExportState, method: str, scored,
+                          previous_hash: str | None) -> np.ndarray | None:
+    """The scored images a method calibrates on (None: all of them).
+
+    At export: its held-out images, and the fingerprints of the images it was fitted on are
+    kept in its metadata (`fitted_images`). On recalibration those images are left out
+    wherever they appear in the new data, so recalibrating on the export's own data gives the
+    export's thresholds back. Detectors written before fingerprints were kept fall back to the
+    export's seeded split when the data is the same (same hash)."""
+    entry = state.meta["methods"][method]
+    if method in state.holdout:
+        held = state.holdout[method]
+        fitted = np.setdiff1d(np.arange(scored.count), held)
+        entry["fitted_images"] = sorted({scored.row_hashes[i] for i in fitted})
+        return held
+    if entry.get("fitted_images"):
+        rows = calibration_rows(entry, scored.row_hashes)
+        left_out = scored.count - len(rows)
+        if left_out:
+            warn(f"{method}: {left_out} of {scored.count} calibration images are images it was "
+                 f"fitted on; they are left out of its threshold and p-value reference "
+                 f"({len(rows)} used)")
+        if len(rows) == 0:
+            raise EdgeoodError(f"every calibration image was used to fit {method}; calibrate on "
+                               "other ID images")
+        return rows
+    fraction = float(method_class(method).calibration_holdout)
+    if fraction > 0 and previous_hash is not None and previous_hash == scored.data_hash:
+        return holdout_split(scored.count, fraction, state.request.seed)[1]
+    return None
 
 
 def unfold_monitor_stage(state: ExportState) -> ExportState:
