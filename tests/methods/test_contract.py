@@ -45,16 +45,21 @@ def test_every_method_rebuilt_from_metadata_scores_like_the_graph(every_method, 
         got = out[f"score_{name}"]
         assert np.abs(got - want).max() / max(1.0, np.abs(want).max()) <= 1e-4, name
         assert m.describe() == {k: v for k, v in meta["methods"][name].items()
-                                if k not in ("threshold", "reference_size", "calibration_count")}, name
+                                if k not in CALIBRATION_KEYS}, name
     assert meta["methods"]["adascale_a"]["tuning"]["against"] == "jigsaw"
+
+
+# what calibration (not the method) writes into a method's entry; fitted_images: the
+# fingerprints of the images a held-out method was fitted on (left out on recalibration)
+CALIBRATION_KEYS = ("threshold", "reference_size", "calibration_count", "fitted_images")
 
 
 def test_saved_entry_holds_no_fitting_scratch(every_method):
     for name, entry in every_method.metadata["methods"].items():
         assert not [k for k in entry if k.startswith("_")], name
         cls = REGISTRY[name]
-        allowed = set(cls.accepted_params()) | set(cls.fitted_keys) | {
-            "threshold", "reference_size", "calibration_count", "graph_arrays", "tuning", "warnings"}
+        allowed = set(cls.accepted_params()) | set(cls.fitted_keys) | set(CALIBRATION_KEYS) | {
+            "graph_arrays", "tuning", "warnings"}
         extra = set(entry) - allowed
         # what remains is derived (shown, recomputed on load): the method must produce it again
         m = fitted_methods_single(name, entry)
