@@ -5,6 +5,7 @@ Used by the MkDocs hook (docs/hooks.py), which replaces markers in the pages:
     <!-- generated: benchmarks -->      every table of benchmarks/results/ (docs/benchmarks.md)
     <!-- generated: cost:METHOD -->     one method's nodes, latency ratios and bytes
     <!-- generated: stream-table -->    the stream alarm's measured table
+    <!-- generated: triton-streams -->  camera streams through a real Triton server
     <!-- generated: digits-table -->    the demo's digits table, copied from README.md
     <!-- generated: method-table -->    the registered methods (the method catalogue)
 
@@ -248,6 +249,26 @@ def stream_table() -> str:
             "in the file).")
 
 
+def triton_table() -> str:
+    """Streams through tritonserver's Python backend (benchmarks/bench_triton_streams.py):
+    throughput and latency per number of concurrent streams, against raw ONNX Runtime."""
+    d = load("triton_streams.json")
+    rows = []
+    for n, r in sorted(d["runs"].items(), key=lambda kv: int(kv[0])):
+        rows.append([n, f"{r['fps_median']:.0f}", ms(r["p50_ms"]), ms(r["p99_ms"]),
+                     f"{r['frames_per_execution']:.1f}", f"{r['raw_ort_fps_batch8']:.0f}",
+                     f"{r['ratio_to_raw_ort']:.2f}",
+                     str(r["exactness"]["streams_with_other_alarms"])])
+    machine = d.get("machine", {})
+    where = f"{machine.get('cpus', '?')} CPUs, {machine.get('platform', '?')}"
+    return (table(["streams", "frames/s", "p50", "p99", "frames per execution",
+                   "raw ORT frames/s (batch 8)", "ratio to raw ORT",
+                   "streams whose alarms differ from their offline monitor"], rows)
+            + f"\n\n{d['model']}; {d['server']}; {d['transport']}; {d['frames_per_stream']} "
+            f"frames per stream, median of {d['repeats']} runs. Recorded in "
+            f"{rel('triton_streams.json')} ({where}; date not recorded in the file).")
+
+
 def digits_table() -> str:
     text = README.read_text(encoding="utf-8")
     return text.split(DIGITS_START, 1)[1].split(DIGITS_END, 1)[0].strip("\n")
@@ -262,7 +283,9 @@ def benchmarks() -> str:
         latency_table("adascale_lite0.json", "ratios", None),
         "## GROOD and layer energy (`benchmarks/bench_grood.py`)", grood_table(),
         "## Reduced precision (`benchmarks/bench_precision.py`)", precision_tables(),
-        "## Stream alarm (`benchmarks/stream_monitor.py`)", stream_table()])
+        "## Stream alarm (`benchmarks/stream_monitor.py`)", stream_table(),
+        "## Camera streams through Triton (`benchmarks/bench_triton_streams.py`)",
+        triton_table()])
 
 
 def registry() -> dict:
@@ -300,6 +323,8 @@ def render(markdown: str) -> str:
             return benchmarks()
         if what == "stream-table":
             return stream_table()
+        if what == "triton-streams":
+            return triton_table()
         if what == "digits-table":
             return digits_table()
         if what == "method-table":
