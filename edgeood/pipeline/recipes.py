@@ -43,7 +43,7 @@ def recipe_dirs() -> list[Path]:
         dirs.append(Path(str(files("edgeood.export_recipes"))))
     except (ModuleNotFoundError, TypeError):
         pass
-    dirs.append(Path(__file__).resolve().parent.parent / "export_recipes")
+    dirs.append(Path(__file__).resolve().parents[2] / "export_recipes")  # the source tree
     return [d for d in dirs if d.is_dir()]
 
 

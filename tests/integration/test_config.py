@@ -216,3 +216,12 @@ def test_layers_below_the_api_do_not_import_the_config():
                 if isinstance(node, ast.ImportFrom) and id(node) not in guarded:
                     assert node.module not in ("edgeood.config", "edgeood.cli.app"), \
                         f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}"
+
+
+def test_named_recipes_found_from_the_source_tree_too():
+    """Running from a checkout (CI: the package installed, tests importing the checkout), the
+    named recipes come from the repository's export_recipes/."""
+    from edgeood.pipeline import recipes
+    from tests.helpers import REPO
+    assert (REPO / "export_recipes").resolve() in [d.resolve() for d in recipes.recipe_dirs()]
+    assert {"digits_cnn", "efficientnet_lite0"} <= set(recipes.available())
