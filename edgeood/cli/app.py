@@ -464,7 +464,8 @@ def profile(
         return _print_json(res)
     lat = res["latency_ms"]
     typer.echo(f"{model} batch {batch} on {res['providers'][0]}: " +
-               ", ".join(f"p{p:g} {lat[f'p{p:g}']:.2f} ms" for p in pcts) +
+               ", ".join(f"p{p:g} {lat[f'p{p:g}']:.2f} ms" for p in pcts
+                         if lat[f"p{p:g}"] is not None) +
                f", mean {lat['mean']:.2f} ms, {res['throughput_ips']:.1f} images/s")
     stages = res.get("stages")
     if quiet:
@@ -472,13 +473,19 @@ def profile(
     if stages:
         _table(f"PRE / NET / POST per batch of {batch} ({stages['frames']} frames; "
                f"{res['runs_on']})", ["stage", *[f"p{p:g} ms" for p in pcts], "mean ms"],
-               [[name.upper(), *[stages[key][f"p{p:g}"] for p in pcts], stages[key]["mean"]]
+               [[name.upper(), *[_or_dash(stages[key][f"p{p:g}"]) for p in pcts],
+                 stages[key]["mean"]]
                 for key, name in (("pre", "pre"), ("net", "net"), ("post", "post"),
                                   ("total", "total"))])
         typer.echo(f"end to end: {stages['throughput_ips']:.1f} images/s")
     if res.get("layers"):
         _table(f"slowest layers (TensorRT profiler, {res['layers_total_ms']:.3f} ms in all)",
                ["layer", "ms"], [[r["layer"], r["ms"]] for r in res["layers"]])
+
+
+def _or_dash(value):
+    """A table cell: "-" where a percentile had too few runs to be reported."""
+    return "-" if value is None else value
 
 
 @command
