@@ -341,8 +341,8 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
         if inp.name == IMAGE_INPUT and len(inp.shape) == 4:
             frame = [d for d in inp.shape[1:3] if not isinstance(d, int)]
             if frame and frame_size is None:
-                raise EdgeoodError(f"input {inp.name} of {path.name} takes camera frames of any "
-                                   "height and width (they are resized in the graph); a "
+                raise EdgeoodError(f"the uint8 input {inp.name} takes camera frames of any "
+                                   "height and width (the graph resizes them); a "
                                    "TensorRT engine needs the frame size: pass --frame-size "
                                    "HxW (e.g. 480x640), or a range MIN:OPT:MAX (e.g. "
                                    "240x320:480x640:1080x1920)")
