@@ -25,13 +25,15 @@ def refuse_overwriting_source(model: Any, out: Any, say: Callable[[str], str]) -
 
 
 def refuse_detector(proto: onnx.ModelProto, label: str) -> None:
-    """An edgeood detector (its embedded metadata, or score_ / pvalue_ outputs) is not a
+    """An edgeood detector (its embedded metadata, or score_<method> / pvalue_ outputs) is not a
     classifier to export: say so, and how to recalibrate it instead."""
     if any(p.key == KEY for p in proto.metadata_props):
         why = "its metadata says so"
     else:
-        folded = [o.name for o in proto.graph.output
-                  if o.name.startswith((SCORE_PREFIX, PVALUE_PREFIX))]
+        from edgeood.methods.registry import registry
+        methods = set(registry())  # a classifier's own "score_map" output is no method score
+        folded = [o.name for o in proto.graph.output if o.name.startswith(PVALUE_PREFIX)
+                  or (o.name.startswith(SCORE_PREFIX) and o.name[len(SCORE_PREFIX):] in methods)]
         if not folded:
             return
         why = f"it has the outputs {', '.join(folded[:3])}{' ...' if len(folded) > 3 else ''}"

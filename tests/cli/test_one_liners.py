@@ -127,12 +127,17 @@ def test_exporting_a_detector_says_it_is_one(small_detector, tmp_path):
     line = _one_line_error(_cli("export", small_detector, "--recipe", "digits_cnn",
                                 "--methods", "energy", "--out", tmp_path / "again.onnx"))
     assert "already an edgeood detector" in line and "edgeood calibrate" in line
-    assert _files(tmp_path) == []
+    assert _files(tmp_path) == []  # nothing written
     # without its metadata (a stripped copy), its score_ outputs still give it away
     model = onnx.load(str(small_detector))
     del model.metadata_props[:]
     with pytest.raises(EdgeoodError, match="already an edgeood detector .*score_energy"):
         edgeood.export(model, methods=["energy"], recipe="digits_cnn", out=tmp_path / "x.onnx")
+    # a classifier's own output that merely starts with score_ is not a method's score
+    from edgeood.pipeline.sources import refuse_detector
+    plain = onnx.load(str(_mlp(tmp_path / "m.onnx")))
+    plain.graph.output[0].name = "score_map"
+    refuse_detector(plain, "m.onnx")
 
 
 def _with_metadata(src, dst, edit):
