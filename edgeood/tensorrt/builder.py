@@ -181,7 +181,7 @@ class BuildRequest:
             if entries > 1 and len(inp.shape) == 4:
                 low = 0
             if inp.name == IMAGE_INPUT and o.frame_size is not None:
-                c = inp.shape[3]
+                c = inp.dims()[3]  # fixed: validate_build refuses a free channel axis
                 (h0, w0), (h1, w1), (h2, w2) = o.frame_size
                 shapes[inp.name] = ([low, h0, w0, c], [o.max_batch, h1, w1, c],
                                     [o.max_batch, h2, w2, c])

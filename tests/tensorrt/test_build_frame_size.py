@@ -110,6 +110,28 @@ def test_fixed_frame_size_reaches_trtexec_and_runs_like_the_host(float_det):
     req = validate_build(float_det, cfg, TRT103)
     assert req.profile_shapes() == {"image": ([1, 48, 64, 3], [4, 48, 64, 3], [4, 48, 64, 3])}
     assert req.options.as_dict()["frame_size"]["opt"] == [48, 64]
+    # the engine's sidecar records it, and it is part of the reuse key
+    from edgeood.tensorrt.builder import (build_key, detector_sha256, engine_metadata,
+                                          existing_key, write_engine)
+    from edgeood.runtime.tensorrt.backend import engine_tensor
+    gpu = {"name": "Orin", "compute_capability": "8.7"}
+    key = build_key(req.options, detector_sha256(entry), "10.3.0", gpu)
+    io = [engine_tensor("image", "input", (-1, 48, 64, 3), "UINT8")]
+    write_engine(req.out, b"plan", engine_metadata(req, key, io, b"plan", []))
+    side = json.loads(req.out.with_name(req.out.name + ".json").read_text())
+    assert side["engine"]["build_options"]["frame_size"] == {"min": [48, 64], "opt": [48, 64],
+                                                             "max": [48, 64]}
+    assert existing_key(req.out) == key
+    other = validate_build(float_det, dataclasses.replace(cfg, frame_size=((48, 64),) * 3),
+                           TRT103)
+    assert build_key(other.options, detector_sha256(entry), "10.3.0", gpu) == key
+    bigger = validate_build(float_det, dataclasses.replace(
+        cfg, frame_size=((48, 64), (48, 64), (96, 128))), TRT103)
+    assert bigger.options.as_dict()["frame_size"]["max"] == [96, 128]
+    assert build_key(bigger.options, key["source_sha256"], "10.3.0", gpu) != key
+    # a detector built before --frame-size keeps its build key (no frame_size entry)
+    assert "frame_size" not in validate_build(float_det, BuildConfig.from_kwargs(),
+                                              TRT103).options.as_dict()
 
 
 @no_trt
@@ -146,3 +168,19 @@ def test_frame_size_needs_the_uint8_input(float_det):
         with pytest.raises(EdgeoodError) as e:
             validate_build(float_det, BuildConfig.from_kwargs(**kw), TRT103)
         assert "--input uint8" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_frame_size_of_a_detector_that_does_not_resize(digits_model, digits_data, tmp_path):
+    """The digits recipe does not resize: frames are 8 x 8; another --frame-size is refused
+    before anything is written, the model's own size is accepted."""
+    from edgeood.api import validate_build
+    res = edgeood.export(digits_model, data=digits_data.val[0], methods=["energy"],
+                         recipe="digits_cnn", out=tmp_path / "d.onnx")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(EdgeoodError, match="frames of 8x8 only") as e:
+        validate_build(res.path, BuildConfig.from_kwargs(input="uint8", frame_size=(480, 640)),
+                       TRT103)
+    assert "\n" not in str(e.value) and sorted(p.name for p in tmp_path.iterdir()) == before
+    req = validate_build(res.path, BuildConfig.from_kwargs(input="uint8", frame_size=(8, 8),
+                                                           batch=2), TRT103)
+    assert req.profile_shapes() == {"image": ([2, 8, 8, 1], [2, 8, 8, 1], [2, 8, 8, 1])}
