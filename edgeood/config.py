@@ -67,7 +67,8 @@ def one_of(choices: tuple[str, ...], note: str = "") -> Check:
     return check
 
 
-FRAME_FORMS = "HxW (e.g. 480x640) or MINHxMINW:OPTHxOPTW:MAXHxMAXW (e.g. 240x320:480x640:1080x1920)"
+FRAME_FORMS = ("HxW (e.g. 480x640) or MINHxMINW:OPTHxOPTW:MAXHxMAXW (e.g. "
+               "240x320:480x640:1080x1920)")
 
 
 def parse_frame_size(value) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
