@@ -59,17 +59,23 @@ def load(path, providers: list[str] | None = None, **options):
 def build(detector, *, caller: str = "python", features=None, **options):
     """A TensorRT engine (plain plan + <engine>.json) from a detector; options: half, int8,
     batch, dynamic, workspace, timing_cache, device, out, tf32, force (see
-    edgeood.tensorrt.builder). An engine whose source, TensorRT version, GPU and options match
-    is reused. features: the TensorRT to build for (default: the installed one)."""
+    edgeood.tensorrt.builder), input ("uint8": an engine fed camera frames; "float") and
+    frame_size (the camera frame of the uint8 input: (480, 640), or a range
+    ((240, 320), (480, 640), (1080, 1920)) for an optimization profile over H and W). An engine
+    whose source, TensorRT version, GPU and options match is reused. features: the TensorRT to
+    build for (default: the installed one)."""
     return build_config(detector, BuildConfig.from_kwargs(caller, **options), features)
 
 
 def validate_build(detector, cfg: BuildConfig, features=None):
-    """The checked BuildRequest of a BuildConfig (nothing is built)."""
-    from edgeood.tensorrt.builder import validate_build as check
-    return check(detector, half=cfg.half, int8=cfg.int8, batch=cfg.batch, dynamic=cfg.dynamic,
-                 workspace=cfg.workspace, timing_cache=cfg.timing_cache, device=cfg.device,
-                 out=cfg.out, tf32=cfg.tf32, features=features)
+    """The checked BuildRequest of a BuildConfig (nothing is built). With cfg.input the
+    single-entry detector (<stem>.<input>.onnx) is made in memory, checked, and written only
+    once everything validates."""
+    from edgeood.tensorrt.entry import prepare_build
+    return prepare_build(detector, cfg.input, cfg.frame_size, half=cfg.half, int8=cfg.int8,
+                         batch=cfg.batch, dynamic=cfg.dynamic, workspace=cfg.workspace,
+                         timing_cache=cfg.timing_cache, device=cfg.device, out=cfg.out,
+                         tf32=cfg.tf32, features=features)
 
 
 def build_config(detector, cfg: BuildConfig, features=None, log=None):

@@ -67,6 +67,54 @@ def one_of(choices: tuple[str, ...], note: str = "") -> Check:
     return check
 
 
+FRAME_FORMS = ("HxW (e.g. 480x640) or MINHxMINW:OPTHxOPTW:MAXHxMAXW (e.g. "
+               "240x320:480x640:1080x1920)")
+
+
+def parse_frame_size(value) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """--frame-size as ((min H, min W), (opt H, opt W), (max H, max W)): from "HxW",
+    "MINHxMINW:OPTHxOPTW:MAXHxMAXW", (H, W) or ((H, W), (H, W), (H, W)). ValueError says what is
+    wrong."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.strip().lower().split(":")
+        sizes = []
+        for part in parts:
+            hw = part.strip().split("x")
+            if len(hw) != 2 or not all(v.strip().isdigit() for v in hw):
+                raise ValueError(f"must be {FRAME_FORMS}")
+            sizes.append((int(hw[0]), int(hw[1])))
+    else:
+        try:
+            seq = list(value)
+            sizes = [tuple(seq)] if all(isinstance(v, int) for v in seq) else \
+                [tuple(s) for s in seq]
+        except TypeError:
+            raise ValueError(f"must be {FRAME_FORMS}") from None
+        if not all(len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                       for v in s) for s in sizes):
+            raise ValueError(f"must be {FRAME_FORMS}")
+    if len(sizes) == 1:
+        sizes *= 3
+    if len(sizes) != 3:
+        raise ValueError(f"must be {FRAME_FORMS}: one size or three (min:opt:max)")
+    if any(v < 1 for s in sizes for v in s):
+        raise ValueError("must have heights and widths >= 1")
+    low, opt, high = sizes
+    if not all(low[i] <= opt[i] <= high[i] for i in (0, 1)):
+        raise ValueError("must grow from min to opt to max in height and in width")
+    return low, opt, high
+
+
+def _frame_check(v) -> str | None:
+    try:
+        parse_frame_size(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 # --- help texts shared by several rows -------------------------------------------------------
 H_BATCH = "Images per inference batch."
 H_DEVICE = ("ONNX Runtime provider for .onnx detectors: cpu, cuda or tensorrt (default: CUDA "
@@ -228,7 +276,10 @@ TABLE: tuple[Option, ...] = (
     O("input", "--input", Optional[str], None, "uint8: an engine fed camera frames (N x H x W x "
       "C; preprocessing in the graph, added if the detector lacks it); float: the preprocessed "
       "input only. Writes that single-entry detector beside DETECTOR and builds it.", (BUILD,),
-      one_of(EXPORT_INPUTS), python=False),
+      one_of(EXPORT_INPUTS)),
+    O("frame_size", "--frame-size", Optional[str], None, "With --input uint8: the camera "
+      "frame, HxW (fixed, e.g. 480x640), or a range MINHxMINW:OPTHxOPTW:MAXHxMAXW (an "
+      "optimization profile over H and W).", (BUILD,), _frame_check),
     # demo
     O("skip_lite0", "--skip-lite0", bool, False, "Only the digits benchmark.", (DEMO,)),
     O("retrain", "--retrain", bool, False, "Train the digits CNN here (needs torch; numbers "
@@ -403,6 +454,14 @@ class BuildConfig(Config):
     out: Any
     tf32: bool
     force: bool
+    input: str | None
+    frame_size: Any  # ((min H, min W), (opt H, opt W), (max H, max W)) or None
+
+    @classmethod
+    def from_kwargs(cls, caller: str = "python", **kwargs) -> "BuildConfig":
+        from dataclasses import replace
+        cfg = super().from_kwargs(caller, **kwargs)
+        return replace(cfg, frame_size=parse_frame_size(cfg.frame_size))
 
 
 @dataclass(frozen=True)

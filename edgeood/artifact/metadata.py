@@ -344,7 +344,12 @@ def read_with_model(path: str | Path) -> tuple[dict[str, Any], onnx.ModelProto |
         if meta is not None:
             check_sidecar(path, meta)
     if meta is None and sidecar_path(path).is_file():
-        meta = json.loads(sidecar_path(path).read_text())
+        try:
+            meta = json.loads(sidecar_path(path).read_text())
+        except ValueError:
+            raise EdgeoodError(f"{sidecar_path(path)} is not valid JSON (truncated?); it is the "
+                               f"only copy of {path.name}'s metadata: restore it, or rebuild / "
+                               "re-export") from None
     if meta is None:
         raise EdgeoodError(f"{path} carries no edgeood metadata; make a detector from it with "
                            f"'edgeood export {path} --data ID_DIR'")

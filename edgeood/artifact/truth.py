@@ -138,3 +138,24 @@ def _check_references(path: Path, meta: dict[str, Any], model: onnx.ModelProto,
         if size is not None and size != held:
             raise EdgeoodError(f"{path}: the metadata's reference_size for {method} is {size} "
                                f"but the graph's reference ({name}) holds {held} scores; {fix}")
+
+
+def check_methods(path: str | Path, meta: dict[str, Any], model: onnx.ModelProto) -> None:
+    """Refuse, in one line, a detector whose metadata and graph name different methods (the
+    graph's score_<method> outputs against the metadata's "methods"): calibration would fit
+    thresholds for scores the graph does not have, or leave graph scores without one."""
+    from edgeood.artifact.names import SCORE_PREFIX
+    graph = [o.name[len(SCORE_PREFIX):] for o in model.graph.output
+             if o.name.startswith(SCORE_PREFIX)]
+    listed = list((meta.get("methods") or {}))
+    lost = [m for m in graph if m not in listed]
+    extra = [m for m in listed if m not in graph]
+    if not lost and not extra:
+        return
+    what = (f"the graph scores {', '.join(lost)} but its metadata has no entry for "
+            f"{'it' if len(lost) == 1 else 'them'}" if lost else
+            f"its metadata lists {', '.join(extra)} but the graph has no "
+            f"{', '.join(SCORE_PREFIX + m for m in extra)} output")
+    raise EdgeoodError(f"{path}: {what}; the metadata does not describe this graph: restore the "
+                       "detector's metadata (its .json sidecar, if intact) or re-export it from "
+                       "its classifier")

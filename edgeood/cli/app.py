@@ -464,7 +464,8 @@ def profile(
         return _print_json(res)
     lat = res["latency_ms"]
     typer.echo(f"{model} batch {batch} on {res['providers'][0]}: " +
-               ", ".join(f"p{p:g} {lat[f'p{p:g}']:.2f} ms" for p in pcts) +
+               ", ".join(f"p{p:g} {lat[f'p{p:g}']:.2f} ms" for p in pcts
+                         if lat[f"p{p:g}"] is not None) +
                f", mean {lat['mean']:.2f} ms, {res['throughput_ips']:.1f} images/s")
     stages = res.get("stages")
     if quiet:
@@ -472,13 +473,19 @@ def profile(
     if stages:
         _table(f"PRE / NET / POST per batch of {batch} ({stages['frames']} frames; "
                f"{res['runs_on']})", ["stage", *[f"p{p:g} ms" for p in pcts], "mean ms"],
-               [[name.upper(), *[stages[key][f"p{p:g}"] for p in pcts], stages[key]["mean"]]
+               [[name.upper(), *[_or_dash(stages[key][f"p{p:g}"]) for p in pcts],
+                 stages[key]["mean"]]
                 for key, name in (("pre", "pre"), ("net", "net"), ("post", "post"),
                                   ("total", "total"))])
         typer.echo(f"end to end: {stages['throughput_ips']:.1f} images/s")
     if res.get("layers"):
         _table(f"slowest layers (TensorRT profiler, {res['layers_total_ms']:.3f} ms in all)",
                ["layer", "ms"], [[r["layer"], r["ms"]] for r in res["layers"]])
+
+
+def _or_dash(value):
+    """A table cell: "-" where a percentile had too few runs to be reported."""
+    return "-" if value is None else value
 
 
 @command
@@ -497,26 +504,27 @@ def build(
     trt_version: Optional[str] = opt(BUILD, "trt_version"),
     force: bool = opt(BUILD, "force"),
     input: Optional[str] = opt(BUILD, "input"),
+    frame_size: Optional[str] = opt(BUILD, "frame_size"),
     as_json: bool = opt(BUILD, "as_json"), quiet: bool = opt(BUILD, "quiet"),
 ):
     """A TensorRT engine (plain plan that trtexec, DeepStream and Triton load) + <engine>.json."""
     from edgeood.api import build_config, validate_build
-    from edgeood.config import BuildConfig, check_value
+    from edgeood.config import BuildConfig
     from edgeood.tensorrt.versions import features_for
     cfg = BuildConfig.from_kwargs("cli", half=half, int8=int8, batch=batch, dynamic=dynamic,
                                   workspace=workspace, timing_cache=timing_cache, device=device,
-                                  out=out, tf32=tf32, force=force)
-    if input is not None:
-        from edgeood.graph.preprocess import build_entry
-        check_value(BUILD, "input", input, "cli")
-        detector = build_entry(detector, input, detector.with_name(
-            f"{detector.name.removesuffix('.onnx')}.{input}.onnx"))
-        typer.echo(f"wrote the {input}-entry detector {detector}", err=True)
+                                  out=out, tf32=tf32, force=force, input=input,
+                                  frame_size=frame_size)
     features = features_for(trt_version, print_trtexec)
+
+    def log(line: str) -> None:
+        typer.echo(line, err=True)
     if print_trtexec:
         from edgeood.tensorrt.builder import trtexec_line
         from edgeood.tensorrt.rewrite import write_tensorrt_ready
         req = validate_build(detector, cfg, features)
+        if input is not None:
+            log(f"wrote the {input}-entry detector {req.detector}")
         source = write_tensorrt_ready(req.detector)
         if source != req.detector:
             typer.echo(f"wrote {source}: the detector with log-sum-exp max-shifted, as "
@@ -529,7 +537,7 @@ def build(
         typer.echo("# trtexec writes the plan only; edgeood.load needs the sidecar that "
                    "edgeood build writes (DeepStream and Triton need the plan only)", err=True)
         return
-    res = build_config(detector, cfg, features, log=lambda line: typer.echo(line, err=True))
+    res = build_config(detector, cfg, features, log=log)
     if as_json:
         return _print_json({"path": str(res.path), "reused": res.reused,
                             "gpu_fallback_layers": res.gpu_fallback,

@@ -175,6 +175,11 @@ def deepstream_config(detector, out_dir, batch: int = 1, half: bool = False, dev
         props["model-engine-file"] = model_path.name
         props["network-mode"] = NETWORK_MODE.get(det.precision, 0)
     else:
+        if det.monitor_state is not None:
+            from edgeood.progress import warn
+            warn(f"{det.path.name}'s in-graph stream monitor is left out: nvinfer feeds one input "
+                 "and keeps no state between frames; run edgeood.StreamMonitor per source on the "
+                 "p-values in the probe (docs/deploy/deepstream.md, Stream alarm)")
         model = _without_monitor(single_entry_model(det, "float"))
         if per_channel:
             model = _scaled_input(model, channel_scale)

@@ -143,19 +143,22 @@ def save_entry_point(detector, which: str, out):
     return save_detector(single, meta, Path(out))
 
 
-def build_entry(detector, which: str, out) -> "object":
-    """The single-entry detector `edgeood build --input uint8|float` compiles: "uint8" gives
-    the camera-frame entry `image` (added here, in the graph, when the detector was exported
-    without --input uint8: the scores, thresholds and references do not change, since the
-    image branch feeds the same backbone), "float" the preprocessed N x C x H x W entry.
-    Written to `out` with its sidecar; returns its path."""
-    from pathlib import Path
-
+def entry_model(detector, which: str, frame=None) -> tuple[onnx.ModelProto, dict]:
+    """The single-entry detector `edgeood build --input uint8|float` compiles, in memory:
+    (model, metadata). "uint8" gives the camera-frame entry `image` (added here, in the graph,
+    when the detector was exported without --input uint8: the scores, thresholds and references
+    do not change, since the image branch feeds the same backbone), "float" the preprocessed
+    N x C x H x W entry. frame: ((min H, min W), (opt H, opt W), (max H, max W)) of the camera
+    frames, all three equal for a fixed frame size: a fixed size is written into the image
+    input's shape, a range leaves H and W free (the engine's optimization profile covers it)."""
     from edgeood.graph.model import load_model
-    from edgeood.artifact.metadata import KEY, read_metadata, save_detector
+    from edgeood.artifact.metadata import KEY, read_metadata
     entry = {"uint8": "image", "image": "image", "float": "float"}.get(which)
     if entry is None:
         raise EdgeoodError(f"--input {which!r} must be uint8 (camera frames) or float")
+    if frame is not None and entry != "image":
+        raise EdgeoodError("--frame-size is the camera frame of the uint8 entry: add --input "
+                           "uint8 (or drop --frame-size)")
     model = load_model(detector)
     graph = gs.import_onnx(model)
     if entry == "image" and image_input(graph) is None:
@@ -169,4 +172,42 @@ def build_entry(detector, which: str, out) -> "object":
         model.metadata_props.add(key=KEY, value=json.dumps(meta, sort_keys=False))
     single = entry_point(model, entry)
     meta = json.loads({p.key: p.value for p in single.metadata_props}[KEY])
+    if entry == "image":
+        single, meta = _frame_shape(single, meta, frame)
+    return single, meta
+
+
+def _frame_shape(model: onnx.ModelProto, meta: dict, frame) -> tuple[onnx.ModelProto, dict]:
+    """The image input's H and W: checked against a preprocessing that does not resize, fixed
+    to the frame size when min = opt = max."""
+    graph = gs.import_onnx(model)
+    image = image_input(graph)
+    h, w = image.shape[1], image.shape[2]
+    if isinstance(h, int) and isinstance(w, int):  # no resize in the graph: the model's size
+        if frame is not None and any(tuple(s) != (h, w) for s in frame):
+            raise EdgeoodError(f"--frame-size: this detector takes frames of {h}x{w} only (its "
+                               f"preprocessing does not resize); pass --frame-size {h}x{w} or "
+                               "drop it")
+        return model, meta
+    if frame is None or len(set(map(tuple, frame))) > 1:
+        return model, meta
+    fh, fw = frame[0]
+    image.shape = [image.shape[0], int(fh), int(fw), image.shape[3]]
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    meta["io"] = io_spec(graph)
+    meta["input"]["image"]["shape"] = ["batch", int(fh), int(fw), image.shape[3]]
+    del out.metadata_props[:]
+    for prop in model.metadata_props:
+        out.metadata_props.add(key=prop.key, value=json.dumps(meta, sort_keys=False)
+                               if prop.key == "edgeood" else prop.value)
+    return out, meta
+
+
+def build_entry(detector, which: str, out, frame=None) -> "object":
+    """entry_model() written to `out` with its sidecar (atomically); returns its path."""
+    from pathlib import Path
+
+    from edgeood.artifact.metadata import save_detector
+    single, meta = entry_model(detector, which, frame)
     return save_detector(single, meta, Path(out))

@@ -33,6 +33,13 @@ def source_of(engine: Path, section: dict) -> Path:
     return path
 
 
+def _frame_size(recorded) -> tuple | None:
+    """The --frame-size an engine's build options record ({"min": [H, W], ...}), or None."""
+    if not recorded:
+        return None
+    return tuple(tuple(int(v) for v in recorded[k]) for k in ("min", "opt", "max"))
+
+
 def calibrate_engine(engine, cfg: CalibrateConfig):
     """Recalibrate an engine's source detector on the engine (cfg's data, tpr, batch, seed,
     out), then rebuild the engine."""
@@ -55,6 +62,7 @@ def calibrate_engine(engine, cfg: CalibrateConfig):
                          workspace=opts.get("workspace_gb"),
                          timing_cache=section.get("timing_cache"),
                          device="gpu" if device == "gpu" else f"dla:{device[3:]}",
-                         out=engine, tf32=bool(opts.get("tf32")))
+                         out=engine, tf32=bool(opts.get("tf32")),
+                         frame_size=_frame_size(opts.get("frame_size")))
     built = build_engine(req, force=True)
     return ExportResult(built.path, built.metadata)

@@ -35,6 +35,8 @@ from edgeood.methods.base import Method, ModelInfo
 from edgeood.methods.registry import create, method_class, parse_params
 from edgeood.progress import stage, warn
 from edgeood.pipeline.recipes import Recipe, check_channels, load_recipe
+from edgeood.pipeline.sources import refuse_detector, refuse_overwriting_source
+from edgeood.artifact.truth import check_methods
 from edgeood.resize import HALF_PIXEL_LINEAR
 from edgeood.stats.monitor import (DEFAULT_ARL, DEFAULT_DELTA, DEFAULT_STRIDE, StreamMonitor,
                                      check_arl, check_delta, check_stride, compute_detector_id,
@@ -213,6 +215,7 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
         check_count(source)
     ood = open_source(cfg.ood_val, "ood-val") if cfg.ood_val is not None else None
     out = cfg.out
+    refuse_overwriting_source(model, out, say)
     if out is not None and not Path(out).parent.exists():
         raise EdgeoodError(f"output folder {Path(out).parent} does not exist; create it first")
     return ExportRequest(
@@ -280,6 +283,7 @@ def load_stage(state: ExportState) -> ExportState:
     else:
         raise EdgeoodError(f"cannot export a {type(model).__name__}; pass an .onnx path, an "
                            "onnx.ModelProto or a torch.nn.Module")
+    refuse_detector(state.proto, str(model) if isinstance(model, (str, Path)) else "the model")
     return state
 
 
@@ -558,7 +562,9 @@ def calibrate(detector, cfg: CalibrateConfig) -> ExportResult:
         if cfg.seed is None else cfg.seed, progress=cfg.progress, monitor=monitor,
         out=Path(cfg.out) if cfg.out else path, device=cfg.device, scorer=cfg.scorer,
         caller=cfg.caller)
-    state = ExportState(req, folded=gs.import_onnx(load_model(path)), meta=meta,
+    model = load_model(path)
+    check_methods(path, meta, model)  # a metadata that lost a method: one line, not a KeyError
+    state = ExportState(req, folded=gs.import_onnx(model), meta=meta,
                         pre=Preprocess.from_dict(meta["preprocessing"]))
     state = run_stages(state, CALIBRATE_STAGES, "calibrate")
     return ExportResult(state.path, state.meta)

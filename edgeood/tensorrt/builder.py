@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from edgeood.artifact.names import LOGITS
+from edgeood.artifact.names import IMAGE_INPUT, LOGITS
 from edgeood.errors import EdgeoodError, did_you_mean
 from edgeood.artifact.metadata import dumps, read_metadata, sidecar_path, validate
 from edgeood.artifact.truth import check_graph
@@ -44,7 +44,10 @@ from edgeood.runtime.tensorrt.backend import (dims, engine_tensor, require_tenso
 from edgeood.version import __version__
 
 if TYPE_CHECKING:
+    import onnx
     import tensorrt as trt
+
+Frame = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 PRECISIONS = ("float32", "float16", "int8")
 PRECISION_TAG = {"float32": "fp32", "float16": "fp16", "int8": "int8"}
@@ -123,6 +126,9 @@ class BuildOptions:
     workspace_gb: float | None
     device: str            # gpu | dla0 | dla1 ...
     tf32: bool
+    # the camera frames of a uint8 `image` entry: ((min H, min W), (opt H, opt W), (max H,
+    # max W)); all equal for a fixed frame size. None: no such entry, or its size is the model's
+    frame_size: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
 
     @property
     def dla_core(self) -> int | None:
@@ -141,7 +147,11 @@ class BuildOptions:
         return {"precision": self.precision, "strongly_typed": self.strongly_typed,
                 "fp16_flag": self.fp16_flag, "max_batch": self.max_batch,
                 "dynamic": self.dynamic, "workspace_gb": self.workspace_gb,
-                "device": self.device, "tf32": self.tf32}
+                "device": self.device, "tf32": self.tf32,
+                # only when set: engines built before --frame-size keep their build key
+                **({"frame_size": {k: list(s) for k, s in zip(("min", "opt", "max"),
+                                                               self.frame_size)}}
+                   if self.frame_size is not None else {})}
 
 
 @dataclass
@@ -159,17 +169,24 @@ class BuildRequest:
     def profile_shapes(self) -> dict[str, tuple[list[int], list[int], list[int]]]:
         """(min, opt, max) of every input with a symbolic batch axis: min 1 (--dynamic) or the
         batch, opt = max = the batch. With both a float and a uint8 `image` entry (in-graph
-        preprocessing) either may be fed an empty batch, so min is 0 there."""
+        preprocessing) either may be fed an empty batch, so min is 0 there. The camera frames
+        of a uint8 `image` entry take --frame-size: min/opt/max H and W of its range."""
         o = self.options
         entries = sum(1 for i in self.inputs if len(i.shape) == 4)
         shapes = {}
         for inp in self.inputs:
             if not inp.shape or isinstance(inp.shape[0], int):
                 continue
-            rest = list(inp.dims()[1:])  # fixed: validate_build refuses other image inputs
             low = 1 if o.dynamic else o.max_batch
             if entries > 1 and len(inp.shape) == 4:
                 low = 0
+            if inp.name == IMAGE_INPUT and o.frame_size is not None:
+                c = inp.dims()[3]  # fixed: validate_build refuses a free channel axis
+                (h0, w0), (h1, w1), (h2, w2) = o.frame_size
+                shapes[inp.name] = ([low, h0, w0, c], [o.max_batch, h1, w1, c],
+                                    [o.max_batch, h2, w2, c])
+                continue
+            rest = list(inp.dims()[1:])  # fixed: validate_build refuses other image inputs
             shapes[inp.name] = ([low, *rest], [o.max_batch, *rest], [o.max_batch, *rest])
         return shapes
 
@@ -191,10 +208,12 @@ def parse_device(device: str) -> str:
                        f"{did_you_mean(d, ['gpu', 'dla:0', 'dla:1'])}")
 
 
-def read_inputs(path: Path) -> list[TensorSpec]:
-    """The detector's graph inputs (a dim that is not a positive number is dynamic)."""
+def read_inputs(path: Path, model: onnx.ModelProto | None = None) -> list[TensorSpec]:
+    """The detector's graph inputs (a dim that is not a positive number is dynamic); from
+    `model` when given (a detector not written yet)."""
     import onnx
-    model = onnx.load(str(path), load_external_data=False)
+    if model is None:
+        model = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
     out = []
     for vi in model.graph.input:
@@ -210,12 +229,15 @@ def read_inputs(path: Path) -> list[TensorSpec]:
     return out
 
 
-def head_of(path: Path, logits: str = "logits") -> tuple[frozenset[str], frozenset[str]]:
+def head_of(path: Path, logits: str = "logits", model: onnx.ModelProto | None = None
+            ) -> tuple[frozenset[str], frozenset[str]]:
     """(node names, tensor names) of the scoring head: every node the logits do not depend
     on (scores, p-values, decision, AdaSCALE's gradient pass). Under the FP16 builder flag
     these stay float32."""
     import onnx
-    graph = onnx.load(str(path), load_external_data=False).graph
+    if model is None:
+        model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     backbone: set[int] = set()
     todo = [logits]
@@ -237,9 +259,13 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
                    batch: int | None = None, dynamic: bool = False,
                    workspace: float | None = None, timing_cache: str | Path | None = None,
                    device: str = "gpu", out: str | Path | None = None, tf32: bool = False,
-                   features: TrtFeatures | None = None) -> BuildRequest:
+                   features: TrtFeatures | None = None, frame_size: Frame | None = None,
+                   model: onnx.ModelProto | None = None,
+                   meta: dict[str, Any] | None = None) -> BuildRequest:
     """Every build argument checked up front (one line per problem). features: the TensorRT
-    to build for (default: the installed one)."""
+    to build for (default: the installed one). model and meta: a detector in memory that is
+    written to `detector` only once it validates (edgeood.tensorrt.entry); frame_size: the
+    min/opt/max camera frame (H, W) of its uint8 `image` input."""
     path = Path(detector)
     if is_engine(path):
         raise EdgeoodError(f"{path} is already an engine; pass the .onnx detector it was built "
@@ -247,7 +273,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
     if path.suffix.lower() != ".onnx":
         raise EdgeoodError(f"{path}: edgeood build takes an .onnx detector (written by edgeood "
                            "export)")
-    if not path.is_file():
+    if model is None and not path.is_file():
         raise EdgeoodError(f"{path}: no such file; pass a detector written by edgeood export")
     if half and int8:
         raise EdgeoodError("--half and --int8 exclude each other; pass one")
@@ -256,8 +282,10 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
     if workspace is not None and not workspace > 0:
         raise EdgeoodError(f"--workspace {workspace} must be > 0 (GB)")
     dev = parse_device(device)
-    meta = read_metadata(path)
-    check_graph(path, meta)  # the engine bakes the graph's threshold; the sidecar must agree
+    if meta is None:
+        meta = read_metadata(path)
+    # the engine bakes the graph's threshold; the sidecar must agree
+    check_graph(path, meta, model)
     if features is None:
         features = installed_features()
         if features is None:
@@ -292,7 +320,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
         precision, fp16_flag = "float16", True
     else:
         precision = "float32"
-    inputs = read_inputs(path)
+    inputs = read_inputs(path, model)
     images = [i for i in inputs if len(i.shape) == 4]
     if not images:
         raise EdgeoodError(f"{path} has no 4-D image input; pass a detector written by "
@@ -310,24 +338,43 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
         max_batch = batch or 1
     for inp in inputs:
         bad = [d for d in inp.shape[1:] if not isinstance(d, int)]
+        if inp.name == IMAGE_INPUT and len(inp.shape) == 4:
+            frame = [d for d in inp.shape[1:3] if not isinstance(d, int)]
+            if frame and frame_size is None:
+                raise EdgeoodError(f"the uint8 input {inp.name} takes camera frames of any "
+                                   "height and width (the graph resizes them); a "
+                                   "TensorRT engine needs the frame size: pass --frame-size "
+                                   "HxW (e.g. 480x640), or a range MIN:OPT:MAX (e.g. "
+                                   "240x320:480x640:1080x1920)")
+            if frame_size is not None and not frame and \
+                    any(tuple(s) != tuple(inp.shape[1:3]) for s in frame_size):
+                raise EdgeoodError(f"--frame-size: input {inp.name} of {path.name} takes "
+                                   f"{inp.shape[1]}x{inp.shape[2]} frames only")
+            bad = [d for d in inp.shape[3:] if not isinstance(d, int)]
         if bad:
             raise EdgeoodError(f"input {inp.name} of {path.name} has dynamic dimensions "
                                f"{['?' if d is None else d for d in inp.shape]}; TensorRT "
                                "engines here need a fixed image "
                                "size: re-export with --imgsz")
+    if frame_size is not None and not any(i.name == IMAGE_INPUT for i in inputs):
+        raise EdgeoodError(f"--frame-size is the camera frame of a uint8 image input and "
+                           f"{path.name} has none: add --input uint8 (or drop --frame-size)")
     if dev != "gpu":
         if precision == "float32":
             raise EdgeoodError("DLA runs float16 and int8 only: add --half (or export the "
                                "detector with --half / --int8)")
         if dynamic:
             raise EdgeoodError("DLA engines need fixed shapes: drop --dynamic")
+        if frame_size is not None and len(set(frame_size)) > 1:
+            raise EdgeoodError("DLA engines need fixed shapes: pass one --frame-size HxW")
         if not features.dla:
             raise EdgeoodError(f"TensorRT {features.version} has no DLA support: use --device "
                                "gpu")
     options = BuildOptions(precision=precision, strongly_typed=not fp16_flag,
                            fp16_flag=fp16_flag, max_batch=max_batch, dynamic=bool(dynamic),
                            workspace_gb=float(workspace) if workspace is not None else None,
-                           device=dev, tf32=bool(tf32))
+                           device=dev, tf32=bool(tf32),
+                           frame_size=_frame_of(inputs, frame_size))
     cache = Path(timing_cache) if timing_cache is not None else None
     if cache is not None and not cache.parent.exists():
         raise EdgeoodError(f"--timing-cache folder {cache.parent} does not exist; create it "
@@ -340,8 +387,16 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
     if not target.parent.exists():
         raise EdgeoodError(f"output folder {target.parent} does not exist; create it or pass "
                            "--out")
-    nodes, tensors = head_of(path, LOGITS) if fp16_flag else (frozenset(), frozenset())
+    nodes, tensors = head_of(path, LOGITS, model) if fp16_flag else (frozenset(), frozenset())
     return BuildRequest(path, meta, options, target, cache, inputs, features, nodes, tensors)
+
+
+def _frame_of(inputs: list[TensorSpec], frame_size: Frame | None) -> Frame | None:
+    """The frame size the engine records: the range asked for, for an `image` input."""
+    if frame_size is None or not any(i.name == IMAGE_INPUT for i in inputs):
+        return None
+    low, opt, high = (tuple(int(v) for v in s) for s in frame_size)
+    return (low[0], low[1]), (opt[0], opt[1]), (high[0], high[1])
 
 
 # --- names, keys and files --------------------------------------------------------------------

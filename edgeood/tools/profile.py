@@ -13,11 +13,23 @@ from edgeood.runtime.backend import Backend
 
 def input_for(backend: Backend, batch: int, imgsz=None, seed: int = 0) -> np.ndarray:
     """A float32 random input of the model's shape with the given batch."""
-    c, h, w = backend.input_shape[1:]
+    shape = list(backend.input_shape)
+    if len(shape) != 4:
+        shown = "x".join("N" if i == 0 else str(d) if isinstance(d, int) else "?"
+                         for i, d in enumerate(shape))
+        raise EdgeoodError(f"edgeood profile times image models, and input {backend.input_name} "
+                           f"is {shown or 'a scalar'}; profile needs a 4-D N x C x H x W image "
+                           "input (an image classifier, a detector or an engine)")
+    c, h, w = shape[1:]
     if not isinstance(h, int) or not isinstance(w, int):
         if imgsz is None:
             raise EdgeoodError("the model's input size is dynamic; pass --imgsz H,W")
         h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    elif imgsz is not None:
+        asked = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+        if asked != (h, w):
+            from edgeood.progress import warn
+            warn(f"--imgsz {imgsz} is ignored: the model's input is fixed at {h}x{w}")
     if backend.fixed_batch and backend.fixed_batch != batch:
         raise EdgeoodError(f"the model has a fixed batch of {backend.fixed_batch}; "
                            f"pass --batch {backend.fixed_batch}")
@@ -49,8 +61,24 @@ def round_robin(fns: dict, rounds: int, per_round: int, warmup: int = 3) -> dict
     return {k: np.asarray(v) for k, v in samples.items()}
 
 
+def samples_for(p: float) -> int:
+    """The fewest timed runs that put at least one run above the p-th percentile (p99: 100):
+    with fewer, "p99" would only be the slowest run."""
+    return int(np.ceil(100.0 / (100.0 - p) - 1e-9)) if p < 100 else 1
+
+
+def percentile_or_none(ms: np.ndarray, p: float) -> float | None:
+    """The p-th percentile of the runs, or None when there are too few runs for it."""
+    return float(np.percentile(ms, p)) if len(ms) >= samples_for(p) else None
+
+
+def too_few_runs(iterations: int, percentiles) -> list[float]:
+    """The percentiles that `iterations` timed runs cannot estimate."""
+    return [p for p in percentiles if iterations < samples_for(p)]
+
+
 def latency_stats(ms: np.ndarray, batch: int, percentiles=(50, 90, 99)) -> dict:
-    stats = {f"p{p:g}": float(np.percentile(ms, p)) for p in percentiles}
+    stats = {f"p{p:g}": percentile_or_none(ms, p) for p in percentiles}
     stats.update(mean=float(ms.mean()), min=float(ms.min()), std=float(ms.std()))
     return {"latency_ms": stats, "throughput_ips": float(batch * 1e3 / ms.mean()),
             "iterations": int(len(ms))}
@@ -66,6 +94,12 @@ def profile(path, batch: int = 1, warmup: int = 10, iterations: int = 100, imgsz
     a TensorRT engine and layers > 0 also the `layers` slowest layers from TensorRT's profiler."""
     if batch < 1 or iterations < 1 or warmup < 0:
         raise EdgeoodError("--batch and --iterations must be >= 1 and --warmup >= 0")
+    few = too_few_runs(iterations, percentiles)
+    if few:
+        from edgeood.progress import warn
+        warn(f"{iterations} timed runs are too few for "
+             f"{', '.join(f'p{p:g}' for p in few)} (p{few[-1]:g} needs "
+             f"--iterations {samples_for(few[-1])}); not reported")
     backend, meta = open_backend(Path(path), providers, threads, device, tf32, cuda_graph, batch)
     with backend:
         return _profile(backend, meta, path, batch, warmup, iterations, imgsz, percentiles,
@@ -161,11 +195,11 @@ def stage_breakdown(backend: Backend, meta: dict, batch: int, warmup: int, itera
     times *= 1e3
     stages = {}
     for key, row in zip(("pre", "net", "post"), times):
-        stats = {f"p{p:g}": float(np.percentile(row, p)) for p in percentiles}
+        stats = {f"p{p:g}": percentile_or_none(row, p) for p in percentiles}
         stats["mean"] = float(row.mean())
         stages[key] = stats
     total = times.sum(axis=0)
-    stages["total"] = {**{f"p{p:g}": float(np.percentile(total, p)) for p in percentiles},
+    stages["total"] = {**{f"p{p:g}": percentile_or_none(total, p) for p in percentiles},
                        "mean": float(total.mean())}
     stages["throughput_ips"] = float(batch * 1e3 / total.mean())
     stages["frames"] = f"{frames.shape[2]}x{frames.shape[1]} uint8" + \

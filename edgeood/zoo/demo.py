@@ -158,7 +158,8 @@ def run_lite0(out: Path, progress: bool, echo) -> dict:
     echo(f"wrote {res.path}" + "".join(f"; {n}" for n in notes))
     prof = {}
     for name, path in (("classifier", model), ("detector", res.path)):
-        prof[name] = profile(path, batch=1, warmup=5, iterations=30)
+        # 100 timed runs: the fewest that put one run above p99 (tools/profile.samples_for)
+        prof[name] = profile(path, batch=1, warmup=5, iterations=100)
         lat = prof[name]["latency_ms"]
         echo(f"EfficientNet-Lite0 {name}: p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, "
              f"p99 {lat['p99']:.2f} ms (batch 1, ONNX Runtime CPU)")
