@@ -635,7 +635,13 @@ def _classifier_check(logits: np.ndarray, req) -> dict[str, Any]:
     from edgeood.pipeline.preprocessing import classifier_check, classifier_warning
     src = req.data
     labels_from = "class folders" if src.files is not None else "the labels array"
-    check = classifier_check(logits, src.labels, labels_from)
+    labels = src.labels
+    if src.class_names is not None and len(src.class_names) != logits.shape[1]:
+        labels = None  # folder order is the model's class order only when they are as many
+        labels_from = f"{len(src.class_names)} class folders for {logits.shape[1]} classes"
+    check = classifier_check(logits, labels, labels_from)
+    if src.labels is not None and labels is None:
+        check["labels_ignored"] = f"{labels_from}: not taken as the model's class indices"
     if check["suspicious"]:
         warn(classifier_warning(check, req.spell))
     return check

@@ -149,8 +149,8 @@ def from_graph(graph, channels: int) -> Found | None:
             break
         values = np.asarray(const.values, np.float64)
         shape = tuple(values.shape)
-        per_channel = values.size in (1, channels) and (
-            values.ndim <= 1 or shape in ((1, values.size, 1, 1), (values.size, 1, 1)))
+        per_channel = values.size == 1 or (  # a 1-D [C] would broadcast over W, not C
+            values.size == channels and shape in ((1, channels, 1, 1), (channels, 1, 1)))
         if not per_channel:
             break
         chain.append((node.op, values.reshape(-1)))
@@ -330,10 +330,16 @@ def classifier_check(logits: np.ndarray, labels: np.ndarray | None,
     out: dict[str, Any] = {"count": int(n), "classes": int(classes),
                            "mean_max_softmax": float(msp.mean())}
     reasons = []
-    if labels is not None and len(labels) == n:
-        y = np.asarray(labels).astype(np.int64)
+    if classes < 2 or n < 1:  # one output: no softmax to judge
+        out["suspicious"] = False
+        return out
+    y = _class_indices(labels, n, classes)
+    if labels is not None and y is None:
+        out["labels_ignored"] = (f"the labels of {labels_from} are not class indices "
+                                 f"0-{classes - 1}")
+    if y is not None:
         correct = int((pred == y).sum())
-        share = np.bincount(y[(y >= 0)], minlength=classes).max() / n if n else 0.0
+        share = np.bincount(y, minlength=classes).max() / n
         chance = max(1.0 / classes, float(share))
         p_value = _binomial_sf(correct, n, chance)
         out.update(accuracy=correct / n, labels=labels_from, chance_accuracy=chance,
@@ -359,6 +365,17 @@ def classifier_check(logits: np.ndarray, labels: np.ndarray | None,
     return out
 
 
+def _class_indices(labels, n: int, classes: int) -> np.ndarray | None:
+    """The labels as the model's class indices, or None where they cannot be (not integers,
+    out of range, not one per image)."""
+    if labels is None or len(labels) != n:
+        return None
+    y = np.asarray(labels)
+    if y.dtype.kind not in "iu" or y.ndim != 1 or y.min() < 0 or y.max() >= classes:
+        return None
+    return y.astype(np.int64)
+
+
 def classifier_line(check: dict) -> str:
     """'classifier on the calibration images: mean max-softmax 0.91, accuracy 97.2% (labels
     from class folders)'."""
@@ -366,6 +383,8 @@ def classifier_line(check: dict) -> str:
            f"{check['mean_max_softmax']:.3f}"
     if "accuracy" in check:
         text += f", accuracy {100 * check['accuracy']:.1f}% (labels from {check['labels']})"
+    elif check.get("labels_ignored"):
+        text += f" (labels not used: {check['labels_ignored']}; accuracy unknown)"
     else:
         text += " (no labels: accuracy unknown)"
     return text
@@ -374,5 +393,6 @@ def classifier_line(check: dict) -> str:
 def classifier_warning(check: dict, spell=lambda n: n) -> str:
     names = "/".join(spell(n) for n in ("mean", "std", "scale", "recipe"))
     return (f"the classifier looks like chance on the calibration images ("
-            f"{'; '.join(check.get('reasons', []))}): the preprocessing is probably wrong; pass "
-            f"the model's own {names} (the thresholds were fitted on what it saw)")
+            f"{'; '.join(check.get('reasons', []))}): the preprocessing is probably wrong "
+            f"(or the labels do not follow the model's class order); pass the model's own "
+            f"{names} (the thresholds were fitted on what it saw)")

@@ -164,6 +164,29 @@ def test_sanity_warning_with_deliberately_wrong_mean_std_on_the_digits_cnn(
             assert "--mean/--std/--scale/--recipe" in res.stderr
 
 
+def test_labels_that_are_not_the_models_classes_are_not_used(digits_model, digits_data,
+                                                            tmp_path):
+    """2 class folders for a 6-class model (folder order is not the model's class order), or
+    .npz labels out of range: the accuracy is not judged, so no false warning."""
+    from PIL import Image
+    images, labels = digits_data.val
+    folder = tmp_path / "two"
+    for i in np.flatnonzero(labels < 2):
+        (folder / f"class_{'ab'[labels[i]]}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i, :, :, 0]).save(folder / f"class_{'ab'[labels[i]]}" / f"{i}.png")
+    res = cli("export", digits_model, "--data", folder, "--methods", "energy", "--recipe",
+              "digits_cnn", "--out", tmp_path / "f.onnx", "--quiet")
+    assert "labels not used: 2 class folders for 6 classes" in res.stdout
+    assert CHANCE not in res.stderr
+    npz = tmp_path / "off.npz"
+    np.savez(npz, images=images, labels=labels + 6)
+    res = edgeood.export(digits_model, data=npz, methods=["energy"], recipe="digits_cnn",
+                         out=tmp_path / "o.onnx")
+    check = res.metadata["calibration"]["classifier"]
+    assert "accuracy" not in check and "not class indices 0-5" in check["labels_ignored"]
+    assert not check["suspicious"]
+
+
 def test_lite0_without_its_recipe_vs_its_mean_std_as_options(lite0_model, lite0_photos, tmp_path):
     """EfficientNet-Lite0 (TF-Lite's 0.5/0.5) on 48 unlabelled photos: the ImageNet default is
     printed as such and gives a lower mean max-softmax than the right mean/std. Without labels
