@@ -160,9 +160,19 @@ TABLE: tuple[Option, ...] = (
     O("imgsz", "--imgsz", Optional[str], None, "Input size: S or H,W.", (EXPORT,)),
     O("imgsz", "--imgsz", Optional[int], None, "Input size for dynamic models.", (PROFILE,),
       at_least(1)),
-    O("mean", None, Optional[tuple], None, "Per-channel mean (default: the recipe's).",
-      (EXPORT,)),
-    O("std", None, Optional[tuple], None, "Per-channel std (default: the recipe's).", (EXPORT,)),
+    O("mean", "--mean", Optional[tuple], None, "Per-channel mean, comma-separated, after "
+      "pixel / 255 (in 0-255 units with --scale 255); default: the recipe's, the model's, "
+      "else ImageNet's (3 channels) or 0.5.", (EXPORT,)),
+    O("std", "--std", Optional[tuple], None, "Per-channel std, comma-separated, in the units "
+      "of --mean.", (EXPORT,)),
+    O("scale", "--scale", Optional[float], None, "The pixel range the model's normalisation "
+      "expects: 1 (pixel / 255, the default) or 255 (raw 0-255 pixels; --mean/--std in those "
+      "units). Alone: no mean/std beyond that scaling.", (EXPORT,),
+      lambda v: None if v is None or (_number(v) and float(v) in (1.0, 255.0)) else
+      "must be 1 (pixel / 255) or 255 (raw 0-255 pixels)"),
+    O("resize", "--resize", Optional[bool], None, "Resize images of another size to the "
+      "model's (default: the recipe's, else on); --no-resize: such an image is an error.",
+      (EXPORT,), negatable=True),
     O("batch", "--batch", int, 32, H_BATCH, (EXPORT, CALIBRATE, RUN, EVAL, WATCH), at_least(1)),
     O("batch", "--batch", int, 1, "Batch size.", (PROFILE,), at_least(1)),
     O("batch", "--batch", Optional[int], None, "Batch of the engine (the maximum with --dynamic; "
@@ -419,6 +429,8 @@ class ExportConfig(Config):
     half: bool
     int8: bool
     int8_method: str
+    scale: float | None = None
+    resize: bool | None = None
 
 
 @dataclass(frozen=True)

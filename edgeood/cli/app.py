@@ -163,6 +163,10 @@ def export(
     half: bool = opt(EXPORT, "half"),
     int8: bool = opt(EXPORT, "int8"),
     int8_method: str = opt(EXPORT, "int8_method"),
+    mean: Optional[str] = opt(EXPORT, "mean"),
+    std: Optional[str] = opt(EXPORT, "std"),
+    scale: Optional[float] = opt(EXPORT, "scale"),
+    resize: Optional[bool] = opt(EXPORT, "resize"),
     as_json: bool = opt(EXPORT, "as_json"), quiet: bool = opt(EXPORT, "quiet"),
 ):
     """Fold OOD scoring into MODEL and calibrate it on ID images."""
@@ -174,18 +178,29 @@ def export(
                      ood_val=str(ood_val) if ood_val else None, progress=not (quiet or as_json),
                      arl=arl, delta=delta, stride=stride, stream_monitor=stream_monitor,
                      monitor_methods=monitor_methods, input=input, half=half, int8=int8,
-                     int8_method=int8_method)
+                     int8_method=int8_method, mean=mean, std=std, scale=scale, resize=resize)
     if as_json:
         return _print_json({"path": str(res.path), "metadata": res.metadata})
     if not quiet:
         _table(f"{res.path}", ["method (* = primary)", "threshold", "fitted"],
                _method_rows(res.metadata))
         _print_details(res.metadata)
+    _print_preprocessing(res.metadata)
     typer.echo(f"wrote {res.path}")
     if res.metadata["calibration"] is None:
         typer.echo(f"next: edgeood calibrate {res.path} --data ID_DIR")
     else:
         typer.echo(f"next: edgeood eval {res.path} --id ID_TEST_DIR --ood OOD_DIR")
+
+
+def _print_preprocessing(meta: dict) -> None:
+    """The export summary's preprocessing line (and where it came from) and the classifier's
+    sanity check on the calibration images."""
+    from edgeood.pipeline.preprocessing import classifier_line, summary
+    typer.echo(summary(meta["preprocessing"]))
+    check = (meta.get("calibration") or {}).get("classifier")
+    if check:
+        typer.echo(classifier_line(check))
 
 
 @command

@@ -47,7 +47,7 @@ from edgeood.version import __version__
 if TYPE_CHECKING:  # built by edgeood.api (the layer above) from keyword arguments
     from edgeood.config import CalibrateConfig, ExportConfig
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from edgeood.pipeline.preprocessing import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401
 
 
 @dataclass
@@ -109,6 +109,8 @@ class ExportRequest(CalibrationRequest):
     half: bool = False        # float16 backbone, float32 heads
     int8: bool = False        # Q/DQ int8 backbone calibrated on the ID images, float32 heads
     int8_method: str = "percentile"  # percentile | minmax | entropy
+    scale: float | None = None  # 1: mean/std after pixel / 255; 255: in raw pixel units
+    resize: bool | None = None  # None: the recipe's, else on
 
 
 @dataclass
@@ -130,6 +132,8 @@ class ExportState:
     precision: str = "float32"  # the backbone's, after precision_stage
     precision_detail: dict[str, Any] = field(default_factory=dict)
     reference: gs.Graph | None = None  # the float32 graph precision_stage started from
+    pre_source: dict[str, Any] = field(default_factory=dict)  # where mean/std came from
+    module_pre: Any = None  # mean/std a torch module carries (pipeline/preprocessing.py)
 
 
 def _split(items: str | Iterable[str] | None) -> list[str]:
@@ -224,7 +228,8 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
         keep_taps=cfg.keep_taps, opset=cfg.opset, seed=cfg.seed, mean=cfg.mean, std=cfg.std,
         logits=cfg.logits, penultimate=cfg.penultimate, data=source, ood_val=ood,
         progress=cfg.progress, monitor=monitor, input=cfg.input, half=bool(cfg.half),
-        int8=bool(cfg.int8), int8_method=cfg.int8_method, caller=cfg.caller)
+        int8=bool(cfg.int8), int8_method=cfg.int8_method, caller=cfg.caller,
+        scale=cfg.scale, resize=cfg.resize)
 
 
 def monitor_options(names: list[str], primary: str, arl=None, delta=None, stride=None,
@@ -279,6 +284,8 @@ def load_stage(state: ExportState) -> ExportState:
             raise EdgeoodError("exporting an nn.Module needs the input size: pass imgsz "
                                "(and channels via a recipe, default 3)")
         state.proto, state.sha256 = export_module(model, shape, req.opset)
+        from edgeood.pipeline.preprocessing import from_module
+        state.module_pre = from_module(model, shape[0])
         state.label = type(model).__name__
     else:
         raise EdgeoodError(f"cannot export a {type(model).__name__}; pass an .onnx path, an "
@@ -297,8 +304,9 @@ def prepare_stage(state: ExportState) -> ExportState:
         state.head.z = resolve(state.graph, req.penultimate or taps_cfg["penultimate"],
                                "penultimate").name
     flag = req.spell("imgsz")
-    state.pre = _preprocess(req.recipe, _shape_from(req.recipe, req.imgsz, input_chw(state.graph),
-                                                    flag), req.mean, req.std, flag)
+    state.pre, state.pre_source = _preprocess(
+        req.recipe, _shape_from(req.recipe, req.imgsz, input_chw(state.graph), flag), req.mean,
+        req.std, flag, model=_model_preprocessing(state), req=req)
     if req.input == "uint8":  # the host path (fitting, calibration) resizes like the graph
         state.pre.resize_rule = HALF_PIXEL_LINEAR
     return state
@@ -386,7 +394,7 @@ def fold_stage(state: ExportState) -> ExportState:
         "input": {"name": state.folded.inputs[0].name,
                   "shape": [batch_dim(state.folded), pre.channels, *pre.size],
                   "dtype": "float32", "layout": "NCHW"},
-        "preprocessing": pre.to_dict(),
+        "preprocessing": {**pre.to_dict(), **state.pre_source},
         "head": {"logits": head.logits, "penultimate": head.z, "num_classes": head.num_classes,
                  "feature_dim": head.feature_dim,
                  "pattern": getattr(head, "pattern", None)},
@@ -437,7 +445,8 @@ def calibrate_stage(state: ExportState) -> ExportState:
         graph, refs, meta["methods"][meta["primary"]]["threshold"], meta["primary"])
     meta["tpr"] = req.tpr
     meta["calibration"] = {"count": scored.count, "hash": scored.data_hash, "seed": req.seed,
-                           "source": req.data.name, "target": target}
+                           "source": req.data.name, "target": target,
+                           "classifier": _classifier_check(scored.logits, req)}
     if meta.get("precision_detail"):  # thresholds and references: on this very graph
         meta["precision_detail"]["thresholds_fitted_on"] = (
             f"the {meta['precision']} detector graph: {scored.count} images of {req.data.name}")
@@ -512,7 +521,8 @@ def image_input_stage(state: ExportState) -> ExportState:
     from edgeood.graph.preprocess import add_image_input, image_metadata
     add_image_input(state.folded, state.pre)
     state.meta["input"]["image"] = image_metadata(state.pre)
-    state.meta["preprocessing"] = {**state.pre.to_dict(), "in_graph": IMAGE_INPUT}
+    state.meta["preprocessing"] = {**state.pre.to_dict(), **state.pre_source,
+                                   "in_graph": IMAGE_INPUT}
     return state
 
 
@@ -592,20 +602,52 @@ def _shape_from(recipe: Recipe | None, imgsz, graph_chw, flag: str = "imgsz"):
     return (c, h, w)
 
 
-def _preprocess(recipe: Recipe | None, chw, mean=None, std=None,
-                flag: str = "imgsz") -> Preprocess:
+def _preprocess(recipe: Recipe | None, chw, mean=None, std=None, flag: str = "imgsz",
+                model=None, req=None) -> tuple[Preprocess, dict[str, Any]]:
+    """The Preprocess and the metadata's account of where its mean/std came from: options >
+    recipe > the model > the default (edgeood/pipeline/preprocessing.py)."""
+    from edgeood.pipeline.preprocessing import resolve
     c, h, w = chw
     if h is None or w is None:
         raise EdgeoodError(f"the model's input size is dynamic; pass {flag} H,W or a recipe")
     rin = recipe.input if recipe else {}
-    dm, ds = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
     where = f"recipe {recipe.path}: [input] " if recipe and recipe.path else "recipe [input] "
-    for key, given in (("mean", mean), ("std", std)):
-        if given is not None:
-            values = [float(v) for v in np.atleast_1d(given)]
-            check_channels(values, c, f"{key} {values}")
-        elif key in rin:
+    for key in ("mean", "std"):
+        if key in rin:
             check_channels(rin[key], c, f"{where}{key}")
-    return Preprocess(size=(h, w), channels=c, mean=tuple(mean or rin.get("mean", dm)),
-                      std=tuple(std or rin.get("std", ds)), resize=bool(rin.get("resize", True)),
-                      color=rin.get("color", "RGB" if c == 3 else "GRAY"))
+    m, s, entry = resolve(c, mean=mean, std=std, scale=getattr(req, "scale", None),
+                          recipe=recipe, model=model,
+                          spell=req.spell if req is not None else (lambda n: n))
+    resize = getattr(req, "resize", None)
+    return Preprocess(size=(h, w), channels=c, mean=m, std=s,
+                      resize=bool(rin.get("resize", True)) if resize is None else bool(resize),
+                      color=rin.get("color", "RGB" if c == 3 else "GRAY")), entry
+
+
+def _model_preprocessing(state: ExportState) -> list:
+    """What the model says about its preprocessing, most trusted first: a normalisation layer at
+    its input, mean/std in its metadata_props, a torch module's attributes."""
+    from edgeood.pipeline.preprocessing import from_graph, from_metadata_props
+    c = input_chw(state.graph)[0] or (state.request.recipe.input.get("channels", 3)
+                                      if state.request.recipe else 3)
+    props = {p.key: p.value for p in state.proto.metadata_props} if state.proto else {}
+    found = [from_graph(state.graph, c), from_metadata_props(props, c), state.module_pre]
+    return [f for f in found if f is not None]
+
+
+def _classifier_check(logits: np.ndarray, req) -> dict[str, Any]:
+    """The sanity check on the logits calibration computed: a warning when the classifier looks
+    like chance on its own ID images (the usual sign of a wrong mean/std)."""
+    from edgeood.pipeline.preprocessing import classifier_check, classifier_warning
+    src = req.data
+    labels_from = "class folders" if src.files is not None else "the labels array"
+    labels = src.labels
+    if src.class_names is not None and len(src.class_names) != logits.shape[1]:
+        labels = None  # folder order is the model's class order only when they are as many
+        labels_from = f"{len(src.class_names)} class folders for {logits.shape[1]} classes"
+    check = classifier_check(logits, labels, labels_from)
+    if src.labels is not None and labels is None:
+        check["labels_ignored"] = f"{labels_from}: not taken as the model's class indices"
+    if check["suspicious"]:
+        warn(classifier_warning(check, req.spell))
+    return check
