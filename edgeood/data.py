@@ -232,6 +232,13 @@ def open_source(src, name: str | None = None, strict: bool = False) -> ImageSour
     in `skipped`); strict=True keeps every file and stops at the first unreadable one."""
     if isinstance(src, ImageSource):
         return src
+    if isinstance(src, (list, tuple, np.ndarray)) and len(src) == 0:
+        raise EdgeoodError(f"{name or 'the input'} holds no images; pass at least one image "
+                           "(H x W x C uint8), an N x H x W x C array with N >= 1, or a folder")
+    if isinstance(src, (list, tuple)) and not all(isinstance(im, np.ndarray) for im in src):
+        kinds = sorted({type(im).__name__ for im in src if not isinstance(im, np.ndarray)})
+        raise EdgeoodError(f"{name or 'the input'} is a list holding {', '.join(kinds)}; pass a "
+                           "list of uint8 H x W x C NumPy images, an array, or a path")
     if isinstance(src, np.ndarray):
         return ImageSource(name or "array", array=_check_array(src, name or "array"))
     if isinstance(src, (list, tuple)) and src and isinstance(src[0], np.ndarray):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import edgeood
 from edgeood.data import Preprocess, open_source
 from edgeood.errors import EdgeoodError
 
@@ -54,3 +55,12 @@ def test_a_folder_of_nothing_readable_is_an_error(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
     with pytest.raises(EdgeoodError, match="none of its 1 images can be read"):
         open_source(tmp_path)
+
+
+def test_empty_inputs_are_one_line_errors(digits_detector):
+    det = edgeood.load(digits_detector.path)
+    for empty in (np.zeros((0, 8, 8, 1), np.uint8), [], np.zeros((0, 1, 8, 8), np.float32)):
+        with pytest.raises(EdgeoodError, match="holds no images"):
+            det(empty)
+    with pytest.raises(EdgeoodError, match="a list holding str"):
+        det(["a.png"])
