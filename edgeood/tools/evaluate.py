@@ -55,6 +55,7 @@ def evaluate_many(detectors: list, id_data, ood: dict, batch: int = 32, progress
             res = {name: det.run_source(src, batch, progress) for name, src in oods.items()}
         tpr = det.metadata.get("tpr", 0.95)
         rep = {"detector": str(det.path), "precision": det.metadata.get("precision", "float32"),
+               "source_sha256": (det.metadata.get("source") or {}).get("sha256"),
                "id": id_src.name, "id_count": len(id_src), "tpr": tpr, "results": [],
                "false_alarm": {m: false_alarm_rate(res_id.scores[m], thr)
                                for m, thr in det.thresholds.items()},
@@ -69,6 +70,8 @@ def evaluate_many(detectors: list, id_data, ood: dict, batch: int = 32, progress
         labels.append(_label(rep, labels))
         scores.append({"id": res_id.scores, **{n: r.scores for n, r in res.items()}})
     rows = []
+    # drift only between variants of one model (same source sha256: float32 / float16 / int8)
+    same = len({r["source_sha256"] for r in reports}) == 1 and reports[0]["source_sha256"]
     first = {(r["method"], r["ood"]): r for r in reports[0]["results"]}
     for (m, o), r0 in first.items():
         row = {"method": m, "ood": o, "auroc": [], "fpr95": [], "false_alarm": [],
@@ -78,9 +81,11 @@ def evaluate_many(detectors: list, id_data, ood: dict, batch: int = 32, progress
             row["auroc"].append(None if r is None else r["auroc"])
             row["fpr95"].append(None if r is None else r["fpr95"])
             row["false_alarm"].append(rep["false_alarm"].get(m))
-            row["auroc_drift"].append(None if r is None else r["auroc"] - r0["auroc"])
+            row["auroc_drift"].append(None if r is None or not same else
+                                      r["auroc"] - r0["auroc"])
         rows.append(row)
-    out = {"detectors": labels, "id": id_src.name, "id_count": len(id_src),
+    out = {"detectors": labels, "same_source": bool(same), "id": id_src.name,
+           "id_count": len(id_src),
            "reports": reports, "comparison": rows}
     if keep_scores:
         out["scores"] = scores
