@@ -116,6 +116,9 @@ TABLE: tuple[Option, ...] = (
       (EXPORT,)),
     O("std", None, Optional[tuple], None, "Per-channel std (default: the recipe's).", (EXPORT,)),
     O("batch", "--batch", int, 32, H_BATCH, (EXPORT, CALIBRATE, RUN, EVAL, WATCH), at_least(1)),
+    O("strict", "--strict", bool, False, "Stop at the first unreadable image in a folder "
+      "(default: skip it with one warning line and count it).",
+      (EXPORT, CALIBRATE, RUN, EVAL, WATCH)),
     O("batch", "--batch", int, 1, "Batch size.", (PROFILE,), at_least(1)),
     O("batch", "--batch", Optional[int], None, "Batch of the engine (the maximum with --dynamic; "
       "default: the detector's, or 1).", (BUILD,), at_least(1)),
@@ -177,6 +180,8 @@ TABLE: tuple[Option, ...] = (
     O("scorer", None, Any, None, "A loaded backend to score with (an engine).", (CALIBRATE,)),
     O("tf32", "--tf32", bool, False, H_TF32, (RUN, PROFILE, BUILD)),
     O("cuda_graph", "--cuda-graph", bool, False, H_CUDA_GRAPH, (RUN, PROFILE)),
+    O("all_rows", "--all", bool, False, "Print every image's row (default: the first 200, "
+      "and a line saying how many were left out).", (RUN,), python=False),
     # eval
     O("id_data", "--id", Path, REQUIRED, "ID test images.", (EVAL,)),
     O("ood", "--ood", list, REQUIRED, "OOD images (repeat for several sets).", (EVAL,)),
@@ -368,6 +373,7 @@ class ExportConfig(Config):
     half: bool
     int8: bool
     int8_method: str
+    strict: bool
 
 
 @dataclass(frozen=True)
@@ -387,6 +393,7 @@ class CalibrateConfig(Config):
     monitor_methods: Any
     device: str | None
     scorer: Any
+    strict: bool
 
 
 @dataclass(frozen=True)
@@ -446,6 +453,7 @@ class WatchConfig(Config):
     fps: float
     fail_on_alarm: bool
     batch: int
+    strict: bool
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,7 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
     if monitor.in_graph and data is None:
         raise EdgeoodError(f"{say('stream_monitor')} folds the stream alarm over the p-values, "
                            f"which need the ID reference: pass {say('data')}")
-    source = open_source(data) if data is not None else None
+    source = open_source(data, strict=cfg.strict) if data is not None else None
     if source is None and any(m.needs_fit for m in chosen):
         need = ", ".join(m.name for m in chosen if m.needs_fit)
         raise EdgeoodError(f"{need} fit statistics on ID images: pass {say('data')} ID_DIR"
@@ -211,7 +211,7 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
                            f"{need} fit statistics on ID images: pass data=ID_DIR")
     if source is not None:
         check_count(source)
-    ood = open_source(cfg.ood_val, "ood-val") if cfg.ood_val is not None else None
+    ood = open_source(cfg.ood_val, "ood-val", strict=cfg.strict) if cfg.ood_val is not None else None
     out = cfg.out
     if out is not None and not Path(out).parent.exists():
         raise EdgeoodError(f"output folder {Path(out).parent} does not exist; create it first")
@@ -433,7 +433,8 @@ def calibrate_stage(state: ExportState) -> ExportState:
         graph, refs, meta["methods"][meta["primary"]]["threshold"], meta["primary"])
     meta["tpr"] = req.tpr
     meta["calibration"] = {"count": scored.count, "hash": scored.data_hash, "seed": req.seed,
-                           "source": req.data.name, "target": target}
+                           "source": req.data.name, "target": target,
+                           "skipped": len(req.data.skipped)}  # unreadable files left out
     if meta.get("precision_detail"):  # thresholds and references: on this very graph
         meta["precision_detail"]["thresholds_fitted_on"] = (
             f"the {meta['precision']} detector graph: {scored.count} images of {req.data.name}")
@@ -551,7 +552,7 @@ def calibrate(detector, cfg: CalibrateConfig) -> ExportResult:
     monitor = monitor_options(list(meta["methods"]), meta["primary"], cfg.arl, cfg.delta,
                               cfg.stride, cfg.stream_monitor, cfg.monitor_methods,
                               meta.get("monitor"), caller=cfg.caller)
-    source = open_source(cfg.data)
+    source = open_source(cfg.data, strict=cfg.strict)
     check_count(source)
     req = CalibrationRequest(
         model=path, data=source, tpr=tpr, batch=cfg.batch, seed=meta.get("seed", 0)

@@ -86,14 +86,18 @@ class Detector:
     def thresholds(self) -> dict[str, float]:
         return self.meta.thresholds
 
-    def __call__(self, images, batch_size: int = 32, progress: bool = False) -> Detection:
+    def __call__(self, images, batch_size: int = 32, progress: bool = False,
+                 strict: bool = False) -> Detection:
+        """strict: stop at the first unreadable image of a folder instead of skipping it."""
         if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3 \
                 and images.shape[-1] in (1, 3, 4) and images.shape[-1] != images.shape[0]:
             images = images[None]  # one H x W x C image
-        return self.run_source(open_source(images), batch_size, progress)
+        return self.run_source(open_source(images, strict=strict), batch_size, progress)
 
     def run_source(self, source: ImageSource, batch_size: int = 32,
-                   progress: bool = False) -> Detection:
+                   progress: bool = False, strict: bool = False) -> Detection:
+        """source: an ImageSource, or anything open_source takes (opened with strict)."""
+        source = open_source(source, strict=strict)
         names = self.backend.output_names
         if takes_frames(self.backend, source):  # --input uint8: frames as they are
             out = run_frames(self.backend, source, self.preprocess, batch_size, names,
