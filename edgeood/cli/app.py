@@ -332,8 +332,8 @@ def print_comparison(result: dict) -> None:
     _table(f"{len(labels)} detectors (ID: {result['id']}, {result['id_count']} images)", cols,
            rows)
     if not same:
-        typer.echo("the detectors come from different models (source sha256): side by side, "
-                   "no AUROC drift (drift compares precision variants of one model)")
+        typer.echo("the detectors come from different source models (their source sha256 "
+                   "differs): side by side, without the AUROC drift of precision variants")
     methods = list(dict.fromkeys(r["method"] for r in result["comparison"]))
     fa = {r["method"]: r["false_alarm"] for r in result["comparison"]}
     tpr = result["reports"][0]["tpr"]
