@@ -104,6 +104,9 @@ TABLE: tuple[Option, ...] = (
     O("data", "--data", Path, REQUIRED, "ID images: folder, .npy or .npz.", (CALIBRATE,)),
     O("methods", "--methods", Optional[str], None, "Comma-separated methods.", (EXPORT,)),
     O("primary", "--primary", Optional[str], None, "Method behind is_ood.", (EXPORT,)),
+    O("names", "--names", Optional[Path], None, "Class names: a file with one per line, or "
+      "JSON (default: the model's metadata names/classes/labels, else the class sub-folders "
+      "of --data).", (EXPORT,)),
     O("tpr", "--tpr", float, 0.95, "ID acceptance rate at the threshold.", (EXPORT,),
       in_open_unit("0.95")),
     O("tpr", "--tpr", Optional[float], None, "ID acceptance rate (default: kept).", (CALIBRATE,),
@@ -374,6 +377,7 @@ class ExportConfig(Config):
     int8: bool
     int8_method: str
     strict: bool
+    names: Any
 
 
 @dataclass(frozen=True)

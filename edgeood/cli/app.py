@@ -141,6 +141,7 @@ def export(
     data: Optional[Path] = opt(EXPORT, "data"),
     methods: Optional[str] = opt(EXPORT, "methods"),
     primary: Optional[str] = opt(EXPORT, "primary"),
+    names: Optional[Path] = opt(EXPORT, "names"),
     tpr: float = opt(EXPORT, "tpr"),
     recipe: Optional[str] = opt(EXPORT, "recipe"),
     imgsz: Optional[str] = opt(EXPORT, "imgsz"),
@@ -175,7 +176,7 @@ def export(
                      ood_val=str(ood_val) if ood_val else None, progress=not (quiet or as_json),
                      arl=arl, delta=delta, stride=stride, stream_monitor=stream_monitor,
                      monitor_methods=monitor_methods, input=input, half=half, int8=int8,
-                     int8_method=int8_method, strict=strict)
+                     int8_method=int8_method, strict=strict, names=names)
     if as_json:
         return _print_json({"path": str(res.path), "metadata": res.metadata})
     if not quiet:
@@ -235,6 +236,11 @@ def calibration_line(cal: dict) -> str:
 RUN_ROWS = 200  # rows of `edgeood run`'s table without --all
 
 
+def _label(row: dict) -> str:
+    """The class index, and its name when the detector stores class names."""
+    return f"{row['label']} {row['name']}" if "name" in row else str(row["label"])
+
+
 @command
 def run(
     detector: Path = typer.Argument(..., help="A detector (.onnx) or an engine with its sidecar."),
@@ -263,7 +269,7 @@ def run(
     shown = rows if all_rows else rows[:RUN_ROWS]
     if not quiet:
         _table(f"{source} ({p})", ["image", "label", "score", "p-value", "OOD"],
-               [[r["source"], r["label"], r["scores"][p], r.get("pvalues", {}).get(p, float("nan")),
+               [[r["source"], _label(r), r["scores"][p], r.get("pvalues", {}).get(p, float("nan")),
                  "yes" if r.get("is_ood") else "no"] for r in shown])
     typer.echo(f"{len(rows)} images, {n_ood if n_ood is not None else 'n/a'} flagged OOD by {p}"
                + (f"; {runs_on}" if runs_on else ""))

@@ -107,6 +107,7 @@ class ExportRequest(CalibrationRequest):
     half: bool = False        # float16 backbone, float32 heads
     int8: bool = False        # Q/DQ int8 backbone calibrated on the ID images, float32 heads
     int8_method: str = "percentile"  # percentile | minmax | entropy
+    names: list[str] | None = None    # class names given (--names); checked in names_stage
 
 
 @dataclass
@@ -128,6 +129,7 @@ class ExportState:
     precision: str = "float32"  # the backbone's, after precision_stage
     precision_detail: dict[str, Any] = field(default_factory=dict)
     reference: gs.Graph | None = None  # the float32 graph precision_stage started from
+    class_names: list[str] | None = None  # index i: the name of class i (names_stage)
 
 
 def _split(items: str | Iterable[str] | None) -> list[str]:
@@ -212,6 +214,7 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
     if source is not None:
         check_count(source)
     ood = open_source(cfg.ood_val, "ood-val", strict=cfg.strict) if cfg.ood_val is not None else None
+    names = given_names(cfg.names, say("names"))
     out = cfg.out
     if out is not None and not Path(out).parent.exists():
         raise EdgeoodError(f"output folder {Path(out).parent} does not exist; create it first")
@@ -221,7 +224,7 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
         keep_taps=cfg.keep_taps, opset=cfg.opset, seed=cfg.seed, mean=cfg.mean, std=cfg.std,
         logits=cfg.logits, penultimate=cfg.penultimate, data=source, ood_val=ood,
         progress=cfg.progress, monitor=monitor, input=cfg.input, half=bool(cfg.half),
-        int8=bool(cfg.int8), int8_method=cfg.int8_method, caller=cfg.caller)
+        int8=bool(cfg.int8), int8_method=cfg.int8_method, caller=cfg.caller, names=names)
 
 
 def monitor_options(names: list[str], primary: str, arl=None, delta=None, stride=None,
@@ -297,6 +300,44 @@ def prepare_stage(state: ExportState) -> ExportState:
                                                     flag), req.mean, req.std, flag)
     if req.input == "uint8":  # the host path (fitting, calibration) resizes like the graph
         state.pre.resize_rule = HALF_PIXEL_LINEAR
+    return state
+
+
+def given_names(names, flag: str) -> list[str] | None:
+    """The class names passed to export: a names file (one per line, or JSON) or a list."""
+    from edgeood.artifact.classnames import as_names, read_names_file
+    if names is None:
+        return None
+    if isinstance(names, (list, tuple)):
+        return as_names(list(names), flag)
+    return read_names_file(names, flag)
+
+
+def names_stage(state: ExportState) -> ExportState:
+    """The class names, one per class: the ones given (--names; a wrong count is an error),
+    else the model's metadata_props (names / classes / labels), else the class sub-folders of
+    the ID data; automatic ones of the wrong count are left out with one warning line."""
+    from edgeood.artifact.classnames import check_count, model_names
+    req, n = state.request, state.head.num_classes
+    if req.names is not None:
+        state.class_names = check_count(req.names, n, req.spell("names"))
+        return state
+    found = None
+    try:
+        found = model_names({p.key: p.value for p in state.proto.metadata_props})
+    except EdgeoodError as exc:
+        warn(f"{exc}; no class names taken from the model (pass {req.spell('names')} FILE)")
+    candidates = []
+    if found is not None:
+        candidates.append((f"the model's metadata '{found[0]}'", found[1]))
+    if req.data is not None and req.data.class_names:
+        candidates.append((f"the class folders of {req.data.name}", req.data.class_names))
+    for where, names in candidates:
+        if len(names) == n:
+            state.class_names = list(names)
+            return state
+        warn(f"{where} gives {len(names)} names for the model's {n} classes; not used as "
+             f"class names (pass {req.spell('names')} FILE)")
     return state
 
 
@@ -386,6 +427,7 @@ def fold_stage(state: ExportState) -> ExportState:
         "head": {"logits": head.logits, "penultimate": head.z, "num_classes": head.num_classes,
                  "feature_dim": head.feature_dim,
                  "pattern": getattr(head, "pattern", None)},
+        **({"class_names": state.class_names} if state.class_names else {}),
         "recipe": req.recipe.name if req.recipe else None,
         "methods": {m.name: m.describe() for m in req.methods},
         "primary": req.primary,
@@ -522,7 +564,7 @@ def save_stage(state: ExportState) -> ExportState:
     return state
 
 
-EXPORT_STAGES = (load_stage, prepare_stage, precision_stage, bind_stage, fit_stage, fold_stage,
+EXPORT_STAGES = (load_stage, prepare_stage, names_stage, precision_stage, bind_stage, fit_stage, fold_stage,
                  image_input_stage, calibrate_stage, monitor_stage, save_stage)
 CALIBRATE_STAGES = (unfold_monitor_stage, calibrate_stage, monitor_stage, save_stage)
 

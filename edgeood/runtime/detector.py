@@ -27,10 +27,18 @@ class Detection:
     scores: dict[str, np.ndarray]
     pvalues: dict[str, np.ndarray] = field(default_factory=dict)
     is_ood: np.ndarray | None = None
+    class_names: list[str] | None = None  # the detector's, index i = class i (None: unnamed)
 
     @property
     def labels(self) -> np.ndarray:
         return self.logits.argmax(axis=1)
+
+    @property
+    def names(self) -> list[str] | None:
+        """The predicted class's name per image (None when the detector has no class names)."""
+        if not self.class_names:
+            return None
+        return [self.class_names[int(i)] for i in self.labels]
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -40,6 +48,8 @@ class Detection:
         out = []
         for i in range(len(self)):
             row: dict[str, Any] = {"label": int(self.labels[i])}
+            if self.class_names:
+                row["name"] = self.class_names[row["label"]]
             if names is not None:
                 row["source"] = names[i]
             row["scores"] = {m: float(s[i]) for m, s in self.scores.items()}
@@ -83,6 +93,12 @@ class Detector:
         return self.meta.primary
 
     @property
+    def class_names(self) -> list[str] | None:
+        """Index i: the name of class i, as stored at export (None when it stored none)."""
+        names = self.metadata.get("class_names")
+        return list(names) if names else None
+
+    @property
     def thresholds(self) -> dict[str, float]:
         return self.meta.thresholds
 
@@ -110,4 +126,5 @@ class Detector:
             scores={n[6:]: out[n] for n in names if n.startswith("score_")},
             pvalues={n[7:]: out[n] for n in names if n.startswith("pvalue_")},
             is_ood=out.get("is_ood"),
+            class_names=self.class_names,
         )

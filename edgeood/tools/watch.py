@@ -36,11 +36,13 @@ class WatchFrame:
     rang: bool = False  # the alarm rang on this frame
     primary: str = ""   # the method behind is_ood
     alpha: float | None = None  # a monitored method calls a frame OOD at p-value <= alpha
+    name: str | None = None     # the predicted class's name (when the detector has names)
 
     def to_dict(self) -> dict:
         return {"frame": self.frame, "source": self.source, "statistic": self.statistic,
                 "alarm": self.alarm, "rang": self.rang, "used": self.used, "label": self.label,
-                "is_ood": self.is_ood, "pvalues": self.pvalues}
+                "is_ood": self.is_ood, "pvalues": self.pvalues,
+                **({"name": self.name} if self.name is not None else {})}
 
 
 def is_camera(source: str) -> bool:
@@ -113,18 +115,21 @@ def watch(detector, monitor, source, batch: int = 32, max_frames: int | None = N
                            "(edgeood calibrate DETECTOR --data ID_DIR)")
     names = wanted + ([IS_OOD] if IS_OOD in backend.output_names else [])
     alpha = 1.0 - float(detector.metadata.get("tpr", 0.95))
+    class_names = detector.class_names
     for batch_names, x in frame_batches(source, detector.preprocess, batch, max_frames,
                                             strict):
         out = backend.run(x, names)
         pv = {m: out[pvalue_name(m)] for m in methods}
         steps = monitor.update_batch(pv if monitor.methods else pv[methods[0]])
         for i, name in enumerate(batch_names):
+            label = int(out[LOGITS][i].argmax())
             yield WatchFrame(int(steps.frame[i]), name, float(steps.statistic[i]),
                              bool(steps.alarm[i]), bool(steps.used[i]),
-                             int(out[LOGITS][i].argmax()),
+                             label,
                              bool(out[IS_OOD][i]) if IS_OOD in out else None,
                              {m: float(pv[m][i]) for m in methods}, bool(steps.rang[i]),
-                             detector.primary, alpha)
+                             detector.primary, alpha,
+                             class_names[label] if class_names else None)
 
 
 def open_monitor(detector, state: Path | None = None, arl=None, delta=None, stride=None,
@@ -189,6 +194,7 @@ def status_line(frame: WatchFrame, arl: float) -> str:
     the frame's own verdict is the primary's (named too)."""
     verdict = "-" if frame.is_ood is None else ("OOD" if frame.is_ood else "ok ")
     primary = f" ({frame.primary})" if frame.primary else ""
-    return (f"\rframe {frame.frame}  statistic {frame.statistic:10.4g} / {arl:g}  alarm "
+    label = f"  class {frame.label}" + (f" {frame.name}" if frame.name else "")
+    return (f"\rframe {frame.frame}{label}  statistic {frame.statistic:10.4g} / {arl:g}  alarm "
             f"{'YES' if frame.alarm else 'no '}  monitored: {method_states(frame)}  "
             f"frame{primary} {verdict}")
