@@ -8,6 +8,7 @@ name the option the way the caller wrote it: `tpr` from Python, `--tpr` on the c
 from __future__ import annotations
 
 import math
+from collections import UserString
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
@@ -67,6 +68,26 @@ def one_of(choices: tuple[str, ...], note: str = "") -> Check:
     return check
 
 
+class GeneratedHelp(UserString):
+    """A help text made from code on first use, e.g. the methods' help from the method registry
+    (which imports every method module); it is a string everywhere else (the typer option, the
+    table tests compare it with the option's help)."""
+
+    def __init__(self, make):
+        self._make, self._text = (None, make) if isinstance(make, str) else (make, None)
+
+    @property
+    def data(self) -> str:  # type: ignore[override]
+        if self._text is None:
+            self._text = self._make()
+        return self._text
+
+
+def _methods_help() -> str:
+    from edgeood.methods.catalog import methods_help
+    return methods_help()
+
+
 # --- help texts shared by several rows -------------------------------------------------------
 H_BATCH = "Images per inference batch."
 H_DEVICE = ("ONNX Runtime provider for .onnx detectors: cpu, cuda or tensorrt (default: CUDA "
@@ -102,7 +123,7 @@ TABLE: tuple[Option, ...] = (
     # data and methods
     O("data", "--data", Optional[Path], None, "ID images: folder, .npy or .npz.", (EXPORT,)),
     O("data", "--data", Path, REQUIRED, "ID images: folder, .npy or .npz.", (CALIBRATE,)),
-    O("methods", "--methods", Optional[str], None, "Comma-separated methods.", (EXPORT,)),
+    O("methods", "--methods", Optional[str], None, GeneratedHelp(_methods_help), (EXPORT,)),
     O("primary", "--primary", Optional[str], None, "Method behind is_ood.", (EXPORT,)),
     O("names", "--names", Optional[Path], None, "Class names: a file with one per line, or "
       "JSON (default: the model's metadata names/classes/labels, else the class sub-folders "
@@ -278,13 +299,21 @@ def option(command: str, name: str) -> Option:
     return options_for(command)[name]
 
 
+# (command's last word, option name) -> the generated help its click option gets once built
+# (click would render a help given to the typer option at every start-up of the CLI)
+GENERATED_HELP: dict[tuple[str, str], GeneratedHelp] = {}
+
+
 def cli_option(command: str, name: str):
     """The typer.Option of a table row, so the CLI cannot drift from the table."""
     import typer
     opt = option(command, name)
     flag = f"{opt.flag}/--no-{opt.flag[2:]}" if opt.negatable else opt.flag
     flag_only = opt.type in (bool, Optional[bool])  # takes no value: no <bool> in --help
-    return typer.Option(opt.default, flag, *opt.aliases, help=opt.help,
+    generated = isinstance(opt.help, GeneratedHelp)
+    if generated:
+        GENERATED_HELP[(command.split()[-1], name)] = opt.help
+    return typer.Option(opt.default, flag, *opt.aliases, help=None if generated else opt.help,
                         **({"metavar": ""} if flag_only else {}))
 
 

@@ -36,7 +36,12 @@ class _BareHelp:
 
 
 class _Command(_BareHelp, TyperCommand):
-    pass
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from edgeood.config import GENERATED_HELP
+        for p in self.params:  # a help made from code (the methods list): made when shown
+            if (self.name, p.name) in GENERATED_HELP:
+                p.help = GENERATED_HELP[(self.name, p.name)]
 
 
 class _Group(_BareHelp, TyperGroup):
