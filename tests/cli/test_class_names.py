@@ -93,6 +93,13 @@ def test_json_and_comma_names_files(text, tmp_path, digits_model, digits_data):
     assert res.metadata["class_names"] == NAMES
 
 
+def test_names_as_a_python_list(tmp_path, digits_model, digits_data):
+    res = edgeood.export(digits_model, data=digits_data.val[0], methods=["energy"],
+                         recipe="digits_cnn", names=tuple(NAMES), out=tmp_path / "d.onnx")
+    assert res.metadata["class_names"] == NAMES
+    assert edgeood.load(res.path).class_names == NAMES
+
+
 def test_names_from_model_metadata(tmp_path, digits_model, digits_data):
     ultralytics = str(dict(enumerate(NAMES)))  # "{0: 'zero', 1: 'one', ...}"
     for key, value in (("names", ultralytics), ("classes", json.dumps(NAMES)),
