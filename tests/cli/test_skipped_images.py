@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import edgeood
-from edgeood.errors import EdgeoodError
 from edgeood.artifact.metadata import read_metadata
+from edgeood.errors import EdgeoodError
 from edgeood.tools.evaluate import evaluate
 from tests.helpers.cli import cli
 
