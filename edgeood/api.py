@@ -29,6 +29,10 @@ def export(model, *, caller: str = "python", **options) -> ExportResult:
     stream_alarm). input="uint8" adds the camera-frame input `image` (uint8 N x H x W x C RGB:
     cast, resized with the half_pixel_linear rule, normalised and transposed in the graph)
     beside the float input; edgeood.load(path)(frames) then feeds frames to it.
+    names: the class names (a file, one per line or JSON, or a list; default: the model's
+    metadata names/classes/labels, else the class sub-folders of data), kept as class_names.
+    strict: stop at the first unreadable image of a folder (default: skip it with a warning;
+    the calibration entry counts the skipped files).
     """
     from edgeood.pipeline.export import export as run_export
     return run_export(model, ExportConfig.from_kwargs(caller, **options))
@@ -39,7 +43,8 @@ def calibrate(detector, data=None, *, caller: str = "python", **options) -> Expo
     (fitted statistics are kept); a TensorRT engine recalibrates its source detector on the
     engine itself and is rebuilt (edgeood.pipeline.engine_calibrate). Options: tpr (default:
     kept), batch, out, seed, progress, arl, delta, stride, stream_monitor, monitor_methods,
-    device (ONNX Runtime provider to score on), scorer (a loaded backend)."""
+    device (ONNX Runtime provider to score on), scorer (a loaded backend), strict (stop at an
+    unreadable image instead of skipping it)."""
     cfg = CalibrateConfig.from_kwargs(caller, data=data, **options)
     path = Path(detector)
     if is_engine(path) and cfg.scorer is None:

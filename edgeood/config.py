@@ -8,6 +8,7 @@ name the option the way the caller wrote it: `tpr` from Python, `--tpr` on the c
 from __future__ import annotations
 
 import math
+from collections import UserString
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
@@ -115,6 +116,26 @@ def _frame_check(v) -> str | None:
     return None
 
 
+class GeneratedHelp(UserString):
+    """A help text made from code on first use, e.g. the methods' help from the method registry
+    (which imports every method module); it is a string everywhere else (the typer option, the
+    table tests compare it with the option's help)."""
+
+    def __init__(self, make):
+        self._make, self._text = (None, make) if isinstance(make, str) else (make, None)
+
+    @property
+    def data(self) -> str:  # type: ignore[override]
+        if self._text is None:
+            self._text = self._make()
+        return self._text
+
+
+def _methods_help() -> str:
+    from edgeood.methods.catalog import methods_help
+    return methods_help()
+
+
 # --- help texts shared by several rows -------------------------------------------------------
 H_BATCH = "Images per inference batch."
 H_DEVICE = ("ONNX Runtime provider for .onnx detectors: cpu, cuda or tensorrt (default: CUDA "
@@ -150,8 +171,11 @@ TABLE: tuple[Option, ...] = (
     # data and methods
     O("data", "--data", Optional[Path], None, "ID images: folder, .npy or .npz.", (EXPORT,)),
     O("data", "--data", Path, REQUIRED, "ID images: folder, .npy or .npz.", (CALIBRATE,)),
-    O("methods", "--methods", Optional[str], None, "Comma-separated methods.", (EXPORT,)),
+    O("methods", "--methods", Optional[str], None, GeneratedHelp(_methods_help), (EXPORT,)),
     O("primary", "--primary", Optional[str], None, "Method behind is_ood.", (EXPORT,)),
+    O("names", "--names", Optional[Path], None, "Class names: a file with one per line, or "
+      "JSON (default: the model's metadata names/classes/labels, else the class sub-folders "
+      "of --data).", (EXPORT,)),
     O("tpr", "--tpr", float, 0.95, "ID acceptance rate at the threshold.", (EXPORT,),
       in_open_unit("0.95")),
     O("tpr", "--tpr", Optional[float], None, "ID acceptance rate (default: kept).", (CALIBRATE,),
@@ -174,6 +198,9 @@ TABLE: tuple[Option, ...] = (
       "model's (default: the recipe's, else on); --no-resize: such an image is an error.",
       (EXPORT,), negatable=True),
     O("batch", "--batch", int, 32, H_BATCH, (EXPORT, CALIBRATE, RUN, EVAL, WATCH), at_least(1)),
+    O("strict", "--strict", bool, False, "Stop at the first unreadable image in a folder "
+      "(default: skip it with one warning line and count it).",
+      (EXPORT, CALIBRATE, RUN, EVAL, WATCH)),
     O("batch", "--batch", int, 1, "Batch size.", (PROFILE,), at_least(1)),
     O("batch", "--batch", Optional[int], None, "Batch of the engine (the maximum with --dynamic; "
       "default: the detector's, or 1).", (BUILD,), at_least(1)),
@@ -235,6 +262,8 @@ TABLE: tuple[Option, ...] = (
     O("scorer", None, Any, None, "A loaded backend to score with (an engine).", (CALIBRATE,)),
     O("tf32", "--tf32", bool, False, H_TF32, (RUN, PROFILE, BUILD)),
     O("cuda_graph", "--cuda-graph", bool, False, H_CUDA_GRAPH, (RUN, PROFILE)),
+    O("all_rows", "--all", bool, False, "Print every image's row (default: the first 200, "
+      "and a line saying how many were left out).", (RUN,), python=False),
     # eval
     O("id_data", "--id", Path, REQUIRED, "ID test images.", (EVAL,)),
     O("ood", "--ood", list, REQUIRED, "OOD images (repeat for several sets).", (EVAL,)),
@@ -331,13 +360,21 @@ def option(command: str, name: str) -> Option:
     return options_for(command)[name]
 
 
+# (command's last word, option name) -> the generated help its click option gets once built
+# (click would render a help given to the typer option at every start-up of the CLI)
+GENERATED_HELP: dict[tuple[str, str], GeneratedHelp] = {}
+
+
 def cli_option(command: str, name: str):
     """The typer.Option of a table row, so the CLI cannot drift from the table."""
     import typer
     opt = option(command, name)
     flag = f"{opt.flag}/--no-{opt.flag[2:]}" if opt.negatable else opt.flag
     flag_only = opt.type in (bool, Optional[bool])  # takes no value: no <bool> in --help
-    return typer.Option(opt.default, flag, *opt.aliases, help=opt.help,
+    generated = isinstance(opt.help, GeneratedHelp)
+    if generated:
+        GENERATED_HELP[(command.split()[-1], name)] = opt.help
+    return typer.Option(opt.default, flag, *opt.aliases, help=None if generated else opt.help,
                         **({"metavar": ""} if flag_only else {}))
 
 
@@ -429,6 +466,8 @@ class ExportConfig(Config):
     half: bool
     int8: bool
     int8_method: str
+    strict: bool
+    names: Any
     scale: float | None = None
     resize: bool | None = None
 
@@ -450,6 +489,7 @@ class CalibrateConfig(Config):
     monitor_methods: Any
     device: str | None
     scorer: Any
+    strict: bool
 
 
 @dataclass(frozen=True)
@@ -517,6 +557,7 @@ class WatchConfig(Config):
     fps: float
     fail_on_alarm: bool
     batch: int
+    strict: bool
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,11 @@ class ImageSource:
     """A set of images read lazily in batches: files, a uint8 array, or a float array."""
 
     def __init__(self, name: str, files: list[Path] | None = None, array: np.ndarray | None = None,
-                 labels: np.ndarray | None = None, class_names: list[str] | None = None):
+                 labels: np.ndarray | None = None, class_names: list[str] | None = None,
+                 skipped: list[str] | None = None):
         self.name, self.files, self.array = name, files, array
         self.labels, self.class_names = labels, class_names
+        self.skipped = list(skipped or [])  # unreadable files left out (not strict)
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else len(self.array)
@@ -125,7 +127,7 @@ class ImageSource:
             [seq[i] for i in index] if isinstance(seq, list) else seq[index])
         return ImageSource(f"{self.name} ({suffix})", files=pick(self.files),
                            array=pick(self.array), labels=pick(self.labels),
-                           class_names=self.class_names)
+                           class_names=self.class_names, skipped=self.skipped)
 
     def batches(self, pre: Preprocess, batch_size: int) -> Iterator[Batch]:
         for start in range(0, len(self), batch_size):
@@ -152,6 +154,38 @@ class ImageSource:
         else:
             h.update(np.ascontiguousarray(self.array).tobytes())
         return h.hexdigest()[:16]
+
+
+def unreadable(path: Path) -> str | None:
+    """Why an image file cannot be decoded (None when it can): the whole file is decoded, so
+    a truncated image is found here and not halfway through an export."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return exc.__class__.__name__
+    return None
+
+
+def drop_unreadable(files: list[Path], labels: np.ndarray | None, name: str
+                    ) -> tuple[list[Path], np.ndarray | None, list[str]]:
+    """The files that decode (and their labels), one warning line per file left out and a
+    count at the end; every file unreadable is an error (there is nothing left to use)."""
+    from edgeood.progress import warn
+    bad = {i: why for i, f in enumerate(files) if (why := unreadable(f)) is not None}
+    if not bad:
+        return files, labels, []
+    for i, why in bad.items():
+        warn(f"skipping {files[i]}: not a readable image ({why}); --strict stops instead")
+    if len(bad) == len(files):
+        raise EdgeoodError(f"{name}: none of its {len(files)} images can be read; point it at "
+                           "a folder of images")
+    keep = [i for i in range(len(files)) if i not in bad]
+    warn(f"{name}: {len(bad)} of {len(files)} images skipped (unreadable); "
+         f"{len(keep)} used")
+    return ([files[i] for i in keep], None if labels is None else labels[keep],
+            [str(files[i]) for i in bad])
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:
@@ -192,10 +226,19 @@ def _check_array(arr: np.ndarray, name: str) -> np.ndarray:
                        f"N x C x H x W, got {arr.dtype}")
 
 
-def open_source(src, name: str | None = None) -> ImageSource:
-    """An ImageSource from a folder, an image file, a .npy/.npz file, an array or a list of images."""
+def open_source(src, name: str | None = None, strict: bool = False) -> ImageSource:
+    """An ImageSource from a folder, an image file, a .npy/.npz file, an array or a list of
+    images. An unreadable image in a folder is skipped with one warning line (its name is kept
+    in `skipped`); strict=True keeps every file and stops at the first unreadable one."""
     if isinstance(src, ImageSource):
         return src
+    if isinstance(src, (list, tuple, np.ndarray)) and len(src) == 0:
+        raise EdgeoodError(f"{name or 'the input'} holds no images; pass at least one image "
+                           "(H x W x C uint8), an N x H x W x C array with N >= 1, or a folder")
+    if isinstance(src, (list, tuple)) and not all(isinstance(im, np.ndarray) for im in src):
+        kinds = sorted({type(im).__name__ for im in src if not isinstance(im, np.ndarray)})
+        raise EdgeoodError(f"{name or 'the input'} is a list holding {', '.join(kinds)}; pass a "
+                           "list of uint8 H x W x C NumPy images, an array, or a path")
     if isinstance(src, np.ndarray):
         return ImageSource(name or "array", array=_check_array(src, name or "array"))
     if isinstance(src, (list, tuple)) and src and isinstance(src[0], np.ndarray):
@@ -206,7 +249,10 @@ def open_source(src, name: str | None = None) -> ImageSource:
         raise EdgeoodError(f"{path}: no such file or folder; pass a folder of images or a .npy/.npz")
     if path.is_dir():
         files, labels, names = _list_images(path)
-        return ImageSource(label, files=files, labels=labels, class_names=names)
+        skipped: list[str] = []
+        if not strict:
+            files, labels, skipped = drop_unreadable(files, labels, label)
+        return ImageSource(label, files=files, labels=labels, class_names=names, skipped=skipped)
     if path.suffix.lower() == ".npy":
         return ImageSource(label, array=_check_array(_load_np(path), label))
     if path.suffix.lower() == ".npz":

@@ -36,7 +36,12 @@ class _BareHelp:
 
 
 class _Command(_BareHelp, TyperCommand):
-    pass
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from edgeood.config import GENERATED_HELP
+        for p in self.params:  # a help made from code (the methods list): made when shown
+            if (self.name, p.name) in GENERATED_HELP:
+                p.help = GENERATED_HELP[(self.name, p.name)]
 
 
 class _Group(_BareHelp, TyperGroup):
@@ -141,6 +146,7 @@ def export(
     data: Optional[Path] = opt(EXPORT, "data"),
     methods: Optional[str] = opt(EXPORT, "methods"),
     primary: Optional[str] = opt(EXPORT, "primary"),
+    names: Optional[Path] = opt(EXPORT, "names"),
     tpr: float = opt(EXPORT, "tpr"),
     recipe: Optional[str] = opt(EXPORT, "recipe"),
     imgsz: Optional[str] = opt(EXPORT, "imgsz"),
@@ -167,6 +173,7 @@ def export(
     std: Optional[str] = opt(EXPORT, "std"),
     scale: Optional[float] = opt(EXPORT, "scale"),
     resize: Optional[bool] = opt(EXPORT, "resize"),
+    strict: bool = opt(EXPORT, "strict"),
     as_json: bool = opt(EXPORT, "as_json"), quiet: bool = opt(EXPORT, "quiet"),
 ):
     """Fold OOD scoring into MODEL and calibrate it on ID images."""
@@ -178,7 +185,8 @@ def export(
                      ood_val=str(ood_val) if ood_val else None, progress=not (quiet or as_json),
                      arl=arl, delta=delta, stride=stride, stream_monitor=stream_monitor,
                      monitor_methods=monitor_methods, input=input, half=half, int8=int8,
-                     int8_method=int8_method, mean=mean, std=std, scale=scale, resize=resize)
+                     int8_method=int8_method, mean=mean, std=std, scale=scale, resize=resize,
+                     strict=strict, names=names)
     if as_json:
         return _print_json({"path": str(res.path), "metadata": res.metadata})
     if not quiet:
@@ -187,6 +195,8 @@ def export(
         _print_details(res.metadata)
     _print_preprocessing(res.metadata)
     typer.echo(f"wrote {res.path}")
+    if res.metadata["calibration"] is not None:
+        typer.echo(calibration_line(res.metadata["calibration"]))
     if res.metadata["calibration"] is None:
         typer.echo(f"next: edgeood calibrate {res.path} --data ID_DIR")
     else:
@@ -216,6 +226,7 @@ def calibrate(
     stream_monitor: Optional[bool] = opt(CALIBRATE, "stream_monitor"),
     monitor_methods: Optional[str] = opt(CALIBRATE, "monitor_methods"),
     device: Optional[str] = opt(CALIBRATE, "device"),
+    strict: bool = opt(CALIBRATE, "strict"),
     as_json: bool = opt(CALIBRATE, "as_json"), quiet: bool = opt(CALIBRATE, "quiet"),
 ):
     """Re-fit thresholds and p-value references of DETECTOR on new ID images (on the target
@@ -224,13 +235,31 @@ def calibrate(
     res = run_calibrate(detector, str(data), caller="cli", tpr=tpr, batch=batch, out=out,
                         progress=not (quiet or as_json), arl=arl, delta=delta, stride=stride,
                         stream_monitor=stream_monitor, monitor_methods=monitor_methods,
-                        device=device)
+                        device=device, strict=strict)
     if as_json:
         return _print_json({"path": str(res.path), "metadata": res.metadata})
     if not quiet:
         _table(f"{res.path}", ["method (* = primary)", "threshold", "fitted"],
                _method_rows(res.metadata))
     typer.echo(f"wrote {res.path}")
+    if res.metadata.get("calibration"):
+        typer.echo(calibration_line(res.metadata["calibration"]))
+
+
+def calibration_line(cal: dict) -> str:
+    """How many images the thresholds and references were fitted on (and how many were
+    skipped as unreadable)."""
+    skipped = cal.get("skipped") or 0
+    return (f"calibrated on {cal.get('count')} images of {cal.get('source')}"
+            + (f" ({skipped} unreadable skipped)" if skipped else ""))
+
+
+RUN_ROWS = 200  # rows of `edgeood run`'s table without --all
+
+
+def _label(row: dict) -> str:
+    """The class index, and its name when the detector stores class names."""
+    return f"{row['label']} {row['name']}" if "name" in row else str(row["label"])
 
 
 @command
@@ -239,6 +268,7 @@ def run(
     source: Path = typer.Argument(..., help="An image, a folder of images, or a .npy/.npz."),
     batch: int = opt(RUN, "batch"), device: Optional[str] = opt(RUN, "device"),
     tf32: bool = opt(RUN, "tf32"), cuda_graph: bool = opt(RUN, "cuda_graph"),
+    strict: bool = opt(RUN, "strict"), all_rows: bool = opt(RUN, "all_rows"),
     as_json: bool = opt(RUN, "as_json"), quiet: bool = opt(RUN, "quiet"),
 ):
     """Classify SOURCE and flag OOD images."""
@@ -246,7 +276,7 @@ def run(
     from edgeood.runtime import load
     det = load(detector, device=device, tf32=tf32, cuda_graph=cuda_graph, batch=batch)
     runs_on = det.backend.runs_on
-    src = open_source(str(source))
+    src = open_source(str(source), strict=strict)
     res = det.run_source(src, batch, progress=not (quiet or as_json))
     names = [str(f) for f in src.files] if src.files is not None else \
         [f"{src.name}[{i}]" for i in range(len(src))]
@@ -257,12 +287,16 @@ def run(
                             "ood_count": n_ood, "runs_on": runs_on,
                             "providers": det.backend.providers})
     p = det.primary
+    shown = rows if all_rows else rows[:RUN_ROWS]
     if not quiet:
         _table(f"{source} ({p})", ["image", "label", "score", "p-value", "OOD"],
-               [[r["source"], r["label"], r["scores"][p], r.get("pvalues", {}).get(p, float("nan")),
-                 "yes" if r.get("is_ood") else "no"] for r in rows[:200]])
+               [[r["source"], _label(r), r["scores"][p], r.get("pvalues", {}).get(p, float("nan")),
+                 "yes" if r.get("is_ood") else "no"] for r in shown])
     typer.echo(f"{len(rows)} images, {n_ood if n_ood is not None else 'n/a'} flagged OOD by {p}"
                + (f"; {runs_on}" if runs_on else ""))
+    if not quiet and len(shown) < len(rows):
+        typer.echo(f"rows {len(shown)}-{len(rows) - 1} not shown (the table stops at "
+                   f"{RUN_ROWS}); --all prints every row, --json writes them all")
 
 
 @command
@@ -273,6 +307,7 @@ def eval(  # noqa: A001 - the command is called eval
     ood: List[Path] = opt(EVAL, "ood"),
     plot: Optional[Path] = opt(EVAL, "plot"),
     batch: int = opt(EVAL, "batch"), device: Optional[str] = opt(EVAL, "device"),
+    strict: bool = opt(EVAL, "strict"),
     as_json: bool = opt(EVAL, "as_json"), quiet: bool = opt(EVAL, "quiet"),
 ):
     """AUROC, FPR@95TPR, AUPR-in/out per method and OOD set, and the ID false-alarm rate; with
@@ -284,12 +319,12 @@ def eval(  # noqa: A001 - the command is called eval
         detector = [load(d, device=device) for d in detector]
     if len(detector) == 1 and plot is None:
         report = evaluate(detector[0], str(id_data), oods, batch,
-                          progress=not (quiet or as_json))
+                          progress=not (quiet or as_json), strict=strict)
         if as_json:
             return _print_json(report)
         return print_report(report)
     result = evaluate_many(detector, str(id_data), oods, batch, progress=not (quiet or as_json),
-                           keep_scores=plot is not None)
+                           keep_scores=plot is not None, strict=strict)
     written = []
     if plot is not None:
         from edgeood.tools.report import write_plots
@@ -308,23 +343,39 @@ def eval(  # noqa: A001 - the command is called eval
 
 def print_comparison(result: dict) -> None:
     """Per method and OOD set: AUROC / FPR@95 of each detector side by side, the AUROC drift
-    against the first, and each detector's ID false-alarm rate at its own threshold."""
+    against the first (only between variants of one model: the same source sha256), and each
+    detector's ID false-alarm rate at its own threshold."""
     labels = result["detectors"]
+    same = result.get("same_source", True)
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
     drift = lambda v: "-" if v is None else f"{100 * v:+.2f}"  # noqa: E731
     cols = (["method", "OOD set"] + [f"AUROC {lab}" for lab in labels] +
-            [f"drift {lab}" for lab in labels[1:]] + [f"FPR@95 {lab}" for lab in labels])
+            ([f"drift {lab}" for lab in labels[1:]] if same else []) +
+            [f"FPR@95 {lab}" for lab in labels])
     rows = [[r["method"], r["ood"]] + [pct(v) for v in r["auroc"]] +
-            [drift(v) for v in r["auroc_drift"][1:]] + [pct(v) for v in r["fpr95"]]
+            ([drift(v) for v in r["auroc_drift"][1:]] if same else []) +
+            [pct(v) for v in r["fpr95"]]
             for r in result["comparison"]]
     _table(f"{len(labels)} detectors (ID: {result['id']}, {result['id_count']} images)", cols,
            rows)
+    if not same:
+        typer.echo("the detectors come from different source models (their source sha256 "
+                   "differs): side by side, without the AUROC drift of precision variants")
     methods = list(dict.fromkeys(r["method"] for r in result["comparison"]))
     fa = {r["method"]: r["false_alarm"] for r in result["comparison"]}
     tpr = result["reports"][0]["tpr"]
     _table(f"ID false-alarm rate at each detector's own threshold (target "
            f"{100 * (1 - tpr):.1f}%)", ["method"] + labels,
            [[m] + [pct(v) for v in fa[m]] for m in methods])
+    _echo_below_chance([dict(p, method=f"{p['method']} ({lab})") for lab, rep in
+                        zip(labels, result["reports"]) for p in rep.get("below_chance", [])])
+
+
+def _echo_below_chance(pairs: list[dict]) -> None:
+    from edgeood.tools.evaluate import below_chance_hint
+    hint = below_chance_hint(pairs)
+    if hint:
+        typer.echo(hint)
 
 
 def print_report(report: dict) -> None:
@@ -338,6 +389,7 @@ def print_report(report: dict) -> None:
         _table(f"ID false-alarm rate at the stored thresholds (target {100 * (1 - report['tpr']):.1f}%)",
                ["method", "false alarms %"],
                [[m, f"{100 * v:.2f}"] for m, v in report["false_alarm"].items()])
+    _echo_below_chance(report.get("below_chance", []))
 
 
 @command
@@ -377,6 +429,7 @@ def watch(
     fps: float = opt(WATCH, "fps"),
     fail_on_alarm: bool = opt(WATCH, "fail_on_alarm"),
     batch: int = opt(WATCH, "batch"),
+    strict: bool = opt(WATCH, "strict"),
     as_json: bool = opt(WATCH, "as_json"), quiet: bool = opt(WATCH, "quiet"),
 ):
     """Stream-level shift alarm over SOURCE: a live status line (frame, statistic, alarm), or
@@ -387,14 +440,15 @@ def watch(
     from edgeood.tools import watch as w
     cfg = WatchConfig.from_kwargs("cli", arl=arl, delta=delta, stride=stride, methods=methods,
                                   rearm=rearm, state=state, max_frames=max_frames, fps=fps,
-                                  fail_on_alarm=fail_on_alarm, batch=batch)
+                                  fail_on_alarm=fail_on_alarm, batch=batch, strict=strict)
     det = load(detector)
     monitor = w.open_monitor(det, cfg.state, cfg.arl, cfg.delta, cfg.stride, cfg.methods,
                              cfg.rearm)
     live = not (as_json or quiet) and sys.stderr.isatty()
     last, frame = 0.0, None
     try:
-        for frame in w.watch(det, monitor, source, cfg.batch, cfg.max_frames):
+        for frame in w.watch(det, monitor, source, cfg.batch, cfg.max_frames,
+                                 cfg.strict):
             if as_json:
                 typer.echo(json.dumps(frame.to_dict()))
                 continue

@@ -335,6 +335,10 @@ class _AdaScale(Method):
 
     class Presentation(presentation.Presentation):
         fits = "sorted ID Q′ (≤ 5000)"
+        head_nodes = "about the backbone's nodes again (its input gradient)"
+        constant_bytes = "4*Q"
+        constant_example = {"Q": 5000}
+        cost_note = "Q: ID reference values (<= 5000)"
         notes = "input gradient built as graph nodes; `--tune` picks p_max against jigsaw images"
         # p_max chosen against jigsaw pseudo-OOD (the defaults invert on the small digits CNN)
         demo_params = {"tune": True}

@@ -20,3 +20,14 @@ def method_table() -> str:
         cells = [f"`{row['method']}`", row["score"], row["fits"], row["notes"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def methods_help(C: int = 1000, D: int = 1280) -> str:
+    """`edgeood export --methods`'s help: every registered method with what its head costs
+    (graph nodes, and the formula of its large constants in C classes and D features)."""
+    listed = []
+    for name, cls in registry().items():
+        cost = presentation(cls).cost(C, D)
+        listed.append(f"{name}{'*' if cls.by_default else ''}" + (f" ({cost})" if cost else ""))
+    return ("Comma-separated methods (* = the default set). Available, with what each head "
+            f"costs: {'; '.join(listed)}.")

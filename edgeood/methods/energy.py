@@ -30,6 +30,7 @@ class Energy(Method):
         return temp * logsumexp(np.asarray(taps["logits"], np.float64) / temp)
 
     class Presentation(presentation.Presentation):
+        head_nodes = 1
         score = "T logsumexp(l / T), T = 1"
         notes = 'one ReduceLogSumExp (max-shifted for TensorRT, see "Head nodes")'
         lite0 = True

@@ -103,6 +103,7 @@ class FeatureNorm(Method):
                                    f"{did_you_mean(b, model.tensors)}")
 
     class Presentation(presentation.Presentation):
+        head_nodes = 2
         score = "mean_c ‖relu(F_b)[c]‖₂ of block b"
         fits = "b = argmax NormRatio over candidates (jigsaw, seeded)"
         notes = "every candidate's NormRatio in the metadata"

@@ -310,6 +310,9 @@ class Grood(Method):
         notes = ("exact nearest neighbour (one Gemm + ReduceMin; the official code: faiss IVF); "
                  "extra output `grood_label`; `bank_size` / `bank_reduce` shrink the bank")
         bank_fraction = 0.1  # the demo's reduced banks: 10% of the full bank's rows
+        head_nodes = 22
+        constant_bytes = "4*((C+1)*D + N*(D+1))"  # prototypes, p_ood, the bank and its norms
+        cost_note = "N: bank images (the correctly classified ID images; bank_size caps it)"
 
         def summary(self, entry):
             if "bank_entries" not in entry:

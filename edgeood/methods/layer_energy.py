@@ -166,6 +166,8 @@ class LayerEnergy(Method):
 
     # --- shown -----------------------------------------------------------------------------
     class Presentation(presentation.Presentation):
+        head_nodes = "3*m+4"
+        cost_note = "m: kept layers (3, at most the candidates; +m Casts on a --half backbone)"
         score = ("mean over the m kept layers of s_l (E_l − μ_l) / σ_l, E_l = "
                  "logsumexp of all C·H·W raw activations of layer l")
         fits = ("μ_l, σ_l on ID; sign s_l and the m (3) layers with the best AUROC vs "

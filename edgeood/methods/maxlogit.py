@@ -22,5 +22,6 @@ class MaxLogit(Method):
         return np.asarray(taps["logits"], np.float64).max(axis=1)
 
     class Presentation(presentation.Presentation):
+        head_nodes = 1
         score = "max logit"
         lite0 = True

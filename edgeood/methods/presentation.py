@@ -32,6 +32,15 @@ class Presentation:
     score = ""          # the score in one line (docs catalogue); "" = the class docstring's
     fits = ""           # what calibration fits (docs); "" = "-" or "statistics on ID images"
     notes = ""          # notes and cost (docs)
+    # the cost of its head (`edgeood export --help`): graph nodes under its name scope (an int,
+    # or a phrase where it depends on the model), and the bytes of the constants that grow
+    # with the model: a formula of C (classes), D (features) and its parameters; `example`
+    # gives the parameters for the size quoted at C=1000, D=1280 (an ImageNet head)
+    head_nodes: int | str = ""
+    shared_nodes = 0    # more nodes under a scope shared with sibling methods
+    constant_bytes = ""
+    constant_example: dict[str, float] = {}
+    cost_note = ""      # what a formula's other letters are
     demo = True         # exported in the digits demo
     demo_params: dict[str, Any] = {}  # its parameters there
     lite0 = False       # exported in the EfficientNet-Lite0 demo
@@ -57,6 +66,27 @@ class Presentation:
         """Name prefixes of this method's constants in the graph (for size reports)."""
         return (f"{self.method.name}/",)
 
+    def cost(self, C: int = 1000, D: int = 1280) -> str:
+        """Head nodes and the formula of its large constants, e.g. for the export --help."""
+        parts = []
+        if self.head_nodes != "":
+            n = self.head_nodes
+            parts.append(f"{n} node{'s' if n != 1 else ''}" if isinstance(n, int) else
+                         f"{n} nodes" if is_formula(n) else str(n))
+            if self.shared_nodes:
+                parts[-1] += f" + {self.shared_nodes} shared"
+        if self.constant_bytes:
+            text = f"{self.constant_bytes} bytes"
+            if self.constant_example:
+                size = evaluate_bytes(self.constant_bytes, C=C, D=D, **self.constant_example)
+                at = {**({"C": C, "D": D} if "C" in self.constant_bytes or "D" in
+                         self.constant_bytes else {}), **self.constant_example}
+                text += f" ({human_bytes(size)} at {', '.join(f'{k}={v:g}' for k, v in at.items())})"
+            parts.append(text)
+        if self.cost_note:
+            parts.append(self.cost_note)
+        return "; ".join(parts)
+
     # --- the docs' catalogue ----------------------------------------------------------------
     def row(self) -> dict[str, str]:
         """The catalogue row: method, score, fits, notes (each one line)."""
@@ -75,6 +105,32 @@ class Presentation:
         """What the EfficientNet-Lite0 demo echoes after the export ("" for nothing) and adds
         to its result, from the method's entry."""
         return "", {}
+
+
+def evaluate_bytes(formula: str, **values: float) -> float:
+    """A cost formula (numbers, names, + - * / and parentheses) at the given values."""
+    import ast
+    tree = ast.parse(formula, mode="eval")
+    allowed = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Name,
+               ast.Load, ast.Constant)
+    if not all(isinstance(node, allowed) for node in ast.walk(tree)):
+        raise ValueError(f"cost formula {formula!r}: only + - * / of names and numbers")
+    return float(eval(compile(tree, "<cost>", "eval"), {"__builtins__": {}}, dict(values)))
+
+
+def is_formula(text: str) -> bool:
+    try:
+        evaluate_bytes(text, **{k: 1 for k in "CDmrNQ"})
+    except (ValueError, SyntaxError, NameError):
+        return False
+    return True
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
 
 
 def _one_line(text: str) -> str:

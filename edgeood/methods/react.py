@@ -53,6 +53,7 @@ class ReAct(Method):
         return logsumexp(linear(z, self.head.weight, self.head.bias))
 
     class Presentation(presentation.Presentation):
+        head_nodes = 3
         score = "energy(W min(z, t) + b)"
         fits = "t = p-th percentile (90) of all ID activations"
         notes = "exact percentile"

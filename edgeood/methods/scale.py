@@ -53,6 +53,7 @@ class Scale(Method):
         return logsumexp(linear(a * s, self.head.weight, self.head.bias))
 
     class Presentation(presentation.Presentation):
+        head_nodes = 8
         score = ("energy(W (z s) + b), s = exp(sum z / sum topk(z, k)), k = D - round(D p/100), "
                  "p = 85")
         notes = "W (z s) + b with the head's own Gemm"

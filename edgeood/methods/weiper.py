@@ -337,6 +337,10 @@ class _WeiPer(Method):
 
     class Presentation(presentation.Presentation):
         notes = "hyperparameters by class count (presets)"
+        shared_nodes = 3  # the perturbed projection, under weiper/ (one per seed)
+        constant_bytes = "4*r*C*D"  # W~: r perturbed copies of the C x D head
+        constant_example = {"r": 100}  # the ImageNet preset
+        cost_note = "r: perturbations (100 in the presets), float32 storage"
 
         def summary(self, entry):
             if "perturbation_bytes" not in entry:
@@ -363,6 +367,7 @@ class WeiPerMSP(_WeiPer):
         score = ("mean over r perturbed heads W~ = W + δ‖W_c‖ n/‖n‖ of max "
                  "softmax")
         fits = "- (one frozen seeded perturbation)"
+        head_nodes = 4
 
 
 @register
@@ -374,6 +379,7 @@ class WeiPerKLD(_WeiPer):
     order = 81
 
     class Presentation(_WeiPer.Presentation):
+        head_nodes = 21  # histograms by ScatterElements (opset >= 16)
         score = ("−(d_z + λ1 d_L − λ2 MSP_W), symmetric KL of smoothed "
                  "histograms of z and of W~z+b~ vs the ID mean")
         fits = "global min/max, then mean ID histograms (two passes)"

@@ -111,6 +111,7 @@ class ExportRequest(CalibrationRequest):
     int8_method: str = "percentile"  # percentile | minmax | entropy
     scale: float | None = None  # 1: mean/std after pixel / 255; 255: in raw pixel units
     resize: bool | None = None  # None: the recipe's, else on
+    names: list[str] | None = None    # class names given (--names); checked in names_stage
 
 
 @dataclass
@@ -134,6 +135,7 @@ class ExportState:
     reference: gs.Graph | None = None  # the float32 graph precision_stage started from
     pre_source: dict[str, Any] = field(default_factory=dict)  # where mean/std came from
     module_pre: Any = None  # mean/std a torch module carries (pipeline/preprocessing.py)
+    class_names: list[str] | None = None  # index i: the name of class i (names_stage)
 
 
 def _split(items: str | Iterable[str] | None) -> list[str]:
@@ -209,7 +211,7 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
     if monitor.in_graph and data is None:
         raise EdgeoodError(f"{say('stream_monitor')} folds the stream alarm over the p-values, "
                            f"which need the ID reference: pass {say('data')}")
-    source = open_source(data) if data is not None else None
+    source = open_source(data, strict=cfg.strict) if data is not None else None
     if source is None and any(m.needs_fit for m in chosen):
         need = ", ".join(m.name for m in chosen if m.needs_fit)
         raise EdgeoodError(f"{need} fit statistics on ID images: pass {say('data')} ID_DIR"
@@ -217,7 +219,8 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
                            f"{need} fit statistics on ID images: pass data=ID_DIR")
     if source is not None:
         check_count(source)
-    ood = open_source(cfg.ood_val, "ood-val") if cfg.ood_val is not None else None
+    ood = open_source(cfg.ood_val, "ood-val", strict=cfg.strict) if cfg.ood_val is not None else None
+    names = given_names(cfg.names, say("names"))
     out = cfg.out
     refuse_overwriting_source(model, out, say)
     if out is not None and not Path(out).parent.exists():
@@ -229,7 +232,8 @@ def validate_export(model, cfg: ExportConfig) -> ExportRequest:
         logits=cfg.logits, penultimate=cfg.penultimate, data=source, ood_val=ood,
         progress=cfg.progress, monitor=monitor, input=cfg.input, half=bool(cfg.half),
         int8=bool(cfg.int8), int8_method=cfg.int8_method, caller=cfg.caller,
-        scale=cfg.scale, resize=cfg.resize)
+        scale=cfg.scale, resize=cfg.resize,
+        names=names)
 
 
 def monitor_options(names: list[str], primary: str, arl=None, delta=None, stride=None,
@@ -309,6 +313,44 @@ def prepare_stage(state: ExportState) -> ExportState:
         req.std, flag, model=_model_preprocessing(state), req=req)
     if req.input == "uint8":  # the host path (fitting, calibration) resizes like the graph
         state.pre.resize_rule = HALF_PIXEL_LINEAR
+    return state
+
+
+def given_names(names, flag: str) -> list[str] | None:
+    """The class names passed to export: a names file (one per line, or JSON) or a list."""
+    from edgeood.artifact.classnames import as_names, read_names_file
+    if names is None:
+        return None
+    if isinstance(names, (list, tuple)):
+        return as_names(list(names), flag)
+    return read_names_file(names, flag)
+
+
+def names_stage(state: ExportState) -> ExportState:
+    """The class names, one per class: the ones given (--names; a wrong count is an error),
+    else the model's metadata_props (names / classes / labels), else the class sub-folders of
+    the ID data; automatic ones of the wrong count are left out with one warning line."""
+    from edgeood.artifact.classnames import check_count, model_names
+    req, n = state.request, state.head.num_classes
+    if req.names is not None:
+        state.class_names = check_count(req.names, n, req.spell("names"))
+        return state
+    found = None
+    try:
+        found = model_names({p.key: p.value for p in state.proto.metadata_props})
+    except EdgeoodError as exc:
+        warn(f"{exc}; no class names taken from the model (pass {req.spell('names')} FILE)")
+    candidates = []
+    if found is not None:
+        candidates.append((f"the model's metadata '{found[0]}'", found[1]))
+    if req.data is not None and req.data.class_names:
+        candidates.append((f"the class folders of {req.data.name}", req.data.class_names))
+    for where, names in candidates:
+        if len(names) == n:
+            state.class_names = list(names)
+            return state
+        warn(f"{where} gives {len(names)} names for the model's {n} classes; not used as "
+             f"class names (pass {req.spell('names')} FILE)")
     return state
 
 
@@ -398,6 +440,7 @@ def fold_stage(state: ExportState) -> ExportState:
         "head": {"logits": head.logits, "penultimate": head.z, "num_classes": head.num_classes,
                  "feature_dim": head.feature_dim,
                  "pattern": getattr(head, "pattern", None)},
+        **({"class_names": state.class_names} if state.class_names else {}),
         "recipe": req.recipe.name if req.recipe else None,
         "methods": {m.name: m.describe() for m in req.methods},
         "primary": req.primary,
@@ -446,7 +489,8 @@ def calibrate_stage(state: ExportState) -> ExportState:
     meta["tpr"] = req.tpr
     meta["calibration"] = {"count": scored.count, "hash": scored.data_hash, "seed": req.seed,
                            "source": req.data.name, "target": target,
-                           "classifier": _classifier_check(scored.logits, req)}
+                           "classifier": _classifier_check(scored.logits, req),
+                           "skipped": len(req.data.skipped)}  # unreadable files left out
     if meta.get("precision_detail"):  # thresholds and references: on this very graph
         meta["precision_detail"]["thresholds_fitted_on"] = (
             f"the {meta['precision']} detector graph: {scored.count} images of {req.data.name}")
@@ -535,7 +579,7 @@ def save_stage(state: ExportState) -> ExportState:
     return state
 
 
-EXPORT_STAGES = (load_stage, prepare_stage, precision_stage, bind_stage, fit_stage, fold_stage,
+EXPORT_STAGES = (load_stage, prepare_stage, names_stage, precision_stage, bind_stage, fit_stage, fold_stage,
                  image_input_stage, calibrate_stage, monitor_stage, save_stage)
 CALIBRATE_STAGES = (unfold_monitor_stage, calibrate_stage, monitor_stage, save_stage)
 
@@ -565,7 +609,7 @@ def calibrate(detector, cfg: CalibrateConfig) -> ExportResult:
     monitor = monitor_options(list(meta["methods"]), meta["primary"], cfg.arl, cfg.delta,
                               cfg.stride, cfg.stream_monitor, cfg.monitor_methods,
                               meta.get("monitor"), caller=cfg.caller)
-    source = open_source(cfg.data)
+    source = open_source(cfg.data, strict=cfg.strict)
     check_count(source)
     req = CalibrationRequest(
         model=path, data=source, tpr=tpr, batch=cfg.batch, seed=meta.get("seed", 0)

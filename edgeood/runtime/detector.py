@@ -27,10 +27,18 @@ class Detection:
     scores: dict[str, np.ndarray]
     pvalues: dict[str, np.ndarray] = field(default_factory=dict)
     is_ood: np.ndarray | None = None
+    class_names: list[str] | None = None  # the detector's, index i = class i (None: unnamed)
 
     @property
     def labels(self) -> np.ndarray:
         return self.logits.argmax(axis=1)
+
+    @property
+    def names(self) -> list[str] | None:
+        """The predicted class's name per image (None when the detector has no class names)."""
+        if not self.class_names:
+            return None
+        return [self.class_names[int(i)] for i in self.labels]
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -40,6 +48,8 @@ class Detection:
         out = []
         for i in range(len(self)):
             row: dict[str, Any] = {"label": int(self.labels[i])}
+            if self.class_names:
+                row["name"] = self.class_names[row["label"]]
             if names is not None:
                 row["source"] = names[i]
             row["scores"] = {m: float(s[i]) for m, s in self.scores.items()}
@@ -83,17 +93,27 @@ class Detector:
         return self.meta.primary
 
     @property
+    def class_names(self) -> list[str] | None:
+        """Index i: the name of class i, as stored at export (None when it stored none)."""
+        names = self.metadata.get("class_names")
+        return list(names) if names else None
+
+    @property
     def thresholds(self) -> dict[str, float]:
         return self.meta.thresholds
 
-    def __call__(self, images, batch_size: int = 32, progress: bool = False) -> Detection:
+    def __call__(self, images, batch_size: int = 32, progress: bool = False,
+                 strict: bool = False) -> Detection:
+        """strict: stop at the first unreadable image of a folder instead of skipping it."""
         if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3 \
                 and images.shape[-1] in (1, 3, 4) and images.shape[-1] != images.shape[0]:
             images = images[None]  # one H x W x C image
-        return self.run_source(open_source(images), batch_size, progress)
+        return self.run_source(open_source(images, strict=strict), batch_size, progress)
 
     def run_source(self, source: ImageSource, batch_size: int = 32,
-                   progress: bool = False) -> Detection:
+                   progress: bool = False, strict: bool = False) -> Detection:
+        """source: an ImageSource, or anything open_source takes (opened with strict)."""
+        source = open_source(source, strict=strict)
         names = self.backend.output_names
         if takes_frames(self.backend, source):  # --input uint8: frames as they are
             out = run_frames(self.backend, source, self.preprocess, batch_size, names,
@@ -106,4 +126,5 @@ class Detector:
             scores={n[6:]: out[n] for n in names if n.startswith("score_")},
             pvalues={n[7:]: out[n] for n in names if n.startswith("pvalue_")},
             is_ood=out.get("is_ood"),
+            class_names=self.class_names,
         )

@@ -65,18 +65,25 @@ def _save(fig, plt, path: Path) -> Path:
     return path
 
 
+def set_colors(plt, scores: dict) -> dict[str, str]:
+    """One colour per data set (ID first), the same in the histogram and the ROC figure."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {name: cycle[k % len(cycle)] for k, name in enumerate(scores)}
+
+
 def histograms(scores: dict[str, dict[str, np.ndarray]], thresholds: dict[str, float],
                path: Path, title: str) -> Path:
     """scores: set name ('id' first) -> method -> scores. One panel per method."""
     plt = _pyplot()
     methods = list(scores["id"])
     fig, axes = _grid(plt, len(methods), title)
+    color = set_colors(plt, scores)
     for ax, m in zip(axes, methods):
         bins = _bins([s[m] for s in scores.values()])
         for k, (name, s) in enumerate(scores.items()):
             ax.hist(np.clip(s[m], bins[0], bins[-1]), bins=bins, density=True,
                     histtype="stepfilled" if k == 0 else "step", alpha=0.45 if k == 0 else 0.9,
-                    label="ID" if name == "id" else name, linewidth=1.4)
+                    label="ID" if name == "id" else name, linewidth=1.4, color=color[name])
         if m in thresholds:
             ax.axvline(thresholds[m], color="black", linestyle="--", linewidth=1.2,
                        label="threshold")
@@ -92,13 +99,14 @@ def roc_curves(scores: dict[str, dict[str, np.ndarray]], path: Path, title: str)
     plt = _pyplot()
     methods = list(scores["id"])
     fig, axes = _grid(plt, len(methods), title)
+    color = set_colors(plt, scores)
     for ax, m in zip(axes, methods):
         for name, s in scores.items():
             if name == "id":
                 continue
             fpr, tpr = roc_points(scores["id"][m], s[m])
             ax.plot(fpr, tpr, label=f"{name} ({100 * auroc(scores['id'][m], s[m]):.1f})",
-                    linewidth=1.4)
+                    linewidth=1.4, color=color[name])
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.6, linestyle=":")
         ax.set_title(m, fontsize=10)
         ax.set_xlabel("FPR (OOD accepted)", fontsize=8)

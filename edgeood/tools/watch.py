@@ -34,19 +34,23 @@ class WatchFrame:
     is_ood: bool | None
     pvalues: dict[str, float] = field(default_factory=dict)
     rang: bool = False  # the alarm rang on this frame
+    primary: str = ""   # the method behind is_ood
+    alpha: float | None = None  # a monitored method calls a frame OOD at p-value <= alpha
+    name: str | None = None     # the predicted class's name (when the detector has names)
 
     def to_dict(self) -> dict:
         return {"frame": self.frame, "source": self.source, "statistic": self.statistic,
                 "alarm": self.alarm, "rang": self.rang, "used": self.used, "label": self.label,
-                "is_ood": self.is_ood, "pvalues": self.pvalues}
+                "is_ood": self.is_ood, "pvalues": self.pvalues,
+                **({"name": self.name} if self.name is not None else {})}
 
 
 def is_camera(source: str) -> bool:
     return str(source).isdigit() and not Path(str(source)).exists()
 
 
-def frame_batches(source, pre: Preprocess, batch: int = 32,
-                  max_frames: int | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+def frame_batches(source, pre: Preprocess, batch: int = 32, max_frames: int | None = None,
+                  strict: bool = False) -> Iterator[tuple[list[str], np.ndarray]]:
     """(names, float32 N x C x H x W) in stream order. Videos and cameras: one frame at a time."""
     text = str(source)
     if is_camera(text) or Path(text).suffix.lower() in VIDEO_SUFFIXES:
@@ -56,7 +60,7 @@ def frame_batches(source, pre: Preprocess, batch: int = 32,
                 return
             yield [name], x
         return
-    src = open_source(source)
+    src = open_source(source, strict=strict)
     names = [str(f) for f in src.files] if src.files is not None else \
         [f"{src.name}[{i}]" for i in range(len(src))]
     start = 0
@@ -98,8 +102,8 @@ def _opencv_frames(src, pre: Preprocess) -> Iterator[tuple[str, np.ndarray]]:
         cap.release()
 
 
-def watch(detector, monitor, source, batch: int = 32,
-          max_frames: int | None = None) -> Iterator[WatchFrame]:
+def watch(detector, monitor, source, batch: int = 32, max_frames: int | None = None,
+          strict: bool = False) -> Iterator[WatchFrame]:
     """Run detector over source frame by frame (batched where the source allows) and feed the
     p-values of the monitor's methods to monitor, in order."""
     methods = monitor.methods or [detector.primary]
@@ -110,16 +114,22 @@ def watch(detector, monitor, source, batch: int = 32,
         raise EdgeoodError(f"the detector has no output {missing[0]}; calibrate it first "
                            "(edgeood calibrate DETECTOR --data ID_DIR)")
     names = wanted + ([IS_OOD] if IS_OOD in backend.output_names else [])
-    for batch_names, x in frame_batches(source, detector.preprocess, batch, max_frames):
+    alpha = 1.0 - float(detector.metadata.get("tpr", 0.95))
+    class_names = detector.class_names
+    for batch_names, x in frame_batches(source, detector.preprocess, batch, max_frames,
+                                            strict):
         out = backend.run(x, names)
         pv = {m: out[pvalue_name(m)] for m in methods}
         steps = monitor.update_batch(pv if monitor.methods else pv[methods[0]])
         for i, name in enumerate(batch_names):
+            label = int(out[LOGITS][i].argmax())
             yield WatchFrame(int(steps.frame[i]), name, float(steps.statistic[i]),
                              bool(steps.alarm[i]), bool(steps.used[i]),
-                             int(out[LOGITS][i].argmax()),
+                             label,
                              bool(out[IS_OOD][i]) if IS_OOD in out else None,
-                             {m: float(pv[m][i]) for m in methods}, bool(steps.rang[i]))
+                             {m: float(pv[m][i]) for m in methods}, bool(steps.rang[i]),
+                             detector.primary, alpha,
+                             class_names[label] if class_names else None)
 
 
 def open_monitor(detector, state: Path | None = None, arl=None, delta=None, stride=None,
@@ -165,11 +175,26 @@ def summary_line(monitor, fps: float) -> str:
             f"; mean time between false alarms >= {mtbf} at {fps:g} fps")
 
 
+def method_states(frame: WatchFrame) -> str:
+    """The monitored methods' state on this frame: each one's p-value, and OOD where it is at
+    most alpha (the per-frame rule at that method's threshold)."""
+    def state(p: float) -> str:
+        return "" if frame.alpha is None else (" OOD" if p <= frame.alpha else " ok ")
+    return ", ".join(f"{m} p {p:.3g}{state(p)}" for m, p in frame.pvalues.items())
+
+
 def alarm_line(frame: WatchFrame, arl: float) -> str:
     return (f"ALARM at frame {frame.frame} ({frame.source}): statistic "
-            f"{frame.statistic:.4g} >= A = {arl:g}; the stream has left the ID distribution")
+            f"{frame.statistic:.4g} >= A = {arl:g} (betting on {', '.join(frame.pvalues)}); "
+            "the stream has left the ID distribution")
 
 
 def status_line(frame: WatchFrame, arl: float) -> str:
-    return (f"\rframe {frame.frame}  statistic {frame.statistic:10.4g} / {arl:g}  alarm "
-            f"{'YES' if frame.alarm else 'no '}  frame {'OOD' if frame.is_ood else 'ok '}")
+    """The live line: the alarm comes from the monitored methods (named with their state);
+    the frame's own verdict is the primary's (named too)."""
+    verdict = "-" if frame.is_ood is None else ("OOD" if frame.is_ood else "ok ")
+    primary = f" ({frame.primary})" if frame.primary else ""
+    label = f"  class {frame.label}" + (f" {frame.name}" if frame.name else "")
+    return (f"\rframe {frame.frame}{label}  statistic {frame.statistic:10.4g} / {arl:g}  alarm "
+            f"{'YES' if frame.alarm else 'no '}  monitored: {method_states(frame)}  "
+            f"frame{primary} {verdict}")
