@@ -189,9 +189,10 @@ TABLE: tuple[Option, ...] = (
       "else ImageNet's (3 channels) or 0.5.", (EXPORT,)),
     O("std", "--std", Optional[tuple], None, "Per-channel std, comma-separated, in the units "
       "of --mean.", (EXPORT,)),
-    O("scale", "--scale", Optional[float], None, "The pixel range the model's normalisation "
-      "expects: 1 (pixel / 255, the default) or 255 (raw 0-255 pixels; --mean/--std in those "
-      "units). Alone: no mean/std beyond that scaling.", (EXPORT,),
+    O("scale",  # not a method name: the pixel scale
+      "--scale", Optional[float], None, "The pixel range the model's normalisation expects: "
+      "1 (pixel / 255, the default) or 255 (raw 0-255 pixels; --mean/--std in those units). "
+      "Alone: no mean/std beyond that scaling.", (EXPORT,),
       lambda v: None if v is None or (_number(v) and float(v) in (1.0, 255.0)) else
       "must be 1 (pixel / 255) or 255 (raw 0-255 pixels)"),
     O("resize", "--resize", Optional[bool], None, "Resize images of another size to the "

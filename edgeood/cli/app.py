@@ -171,7 +171,7 @@ def export(
     int8_method: str = opt(EXPORT, "int8_method"),
     mean: Optional[str] = opt(EXPORT, "mean"),
     std: Optional[str] = opt(EXPORT, "std"),
-    scale: Optional[float] = opt(EXPORT, "scale"),
+    scale: Optional[float] = opt(EXPORT, "scale"),  # not a method name: the pixel scale
     resize: Optional[bool] = opt(EXPORT, "resize"),
     strict: bool = opt(EXPORT, "strict"),
     as_json: bool = opt(EXPORT, "as_json"), quiet: bool = opt(EXPORT, "quiet"),
@@ -386,7 +386,8 @@ def print_report(report: dict) -> None:
     _table(f"{report['detector']} (ID: {report['id']}, {report['id_count']} images)",
            ["method", "OOD set", "AUROC", "FPR@95", "AUPR-in", "AUPR-out"], rows)
     if report.get("false_alarm"):
-        _table(f"ID false-alarm rate at the stored thresholds (target {100 * (1 - report['tpr']):.1f}%)",
+        target = 100 * (1 - report["tpr"])
+        _table(f"ID false-alarm rate at the stored thresholds (target {target:.1f}%)",
                ["method", "false alarms %"],
                [[m, f"{100 * v:.2f}"] for m, v in report["false_alarm"].items()])
     _echo_below_chance(report.get("below_chance", []))
@@ -636,7 +637,8 @@ def demo(
         _print_json(result)
 
 
-deploy_app = typer.Typer(no_args_is_help=True, cls=_Group, help="Serving files from a detector or an "
+deploy_app = typer.Typer(no_args_is_help=True, cls=_Group,
+                         help="Serving files from a detector or an "
                          "engine's sidecar: a Triton model repository, a DeepStream config.")
 app.add_typer(deploy_app, name="deploy")
 

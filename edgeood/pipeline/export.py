@@ -659,10 +659,10 @@ def _preprocess(recipe: Recipe | None, chw, mean=None, std=None, flag: str = "im
     for key in ("mean", "std"):
         if key in rin:
             check_channels(rin[key], c, f"{where}{key}")
-    m, s, entry = resolve(c, mean=mean, std=std, scale=getattr(req, "scale", None),
+    m, s, entry = resolve(c, mean=mean, std=std, scale=req.scale if req is not None else None,
                           recipe=recipe, model=model,
                           spell=req.spell if req is not None else (lambda n: n))
-    resize = getattr(req, "resize", None)
+    resize = req.resize if req is not None else None
     return Preprocess(size=(h, w), channels=c, mean=m, std=s,
                       resize=bool(rin.get("resize", True)) if resize is None else bool(resize),
                       color=rin.get("color", "RGB" if c == 3 else "GRAY")), entry

@@ -221,7 +221,8 @@ def resolve(channels: int, *, mean=None, std=None, scale=None, recipe=None,
     rec_in = recipe.input if recipe else {}
     rec_name = f"recipe {recipe.name}" if recipe else "recipe"
     if scale is not None and float(scale) not in SCALES:
-        raise EdgeoodError(f"{spell('scale')} {scale} must be 1 (the model takes pixel / 255) "
+        option = spell("scale")  # not a method name: the pixel scale
+        raise EdgeoodError(f"{option} {scale} must be 1 (the model takes pixel / 255) "
                            f"or 255 (raw 0-255 pixels); {spell('mean')}/{spell('std')} are in "
                            "the same units")
     units = float(scale) if scale is not None else 1.0
@@ -273,8 +274,9 @@ def resolve(channels: int, *, mean=None, std=None, scale=None, recipe=None,
 
 
 def _option_words(mean, std, scale, spell) -> str:
-    names = [spell(n) for n, v in (("mean", mean), ("std", std), ("scale", scale))
-             if v is not None]
+    given = (("mean", mean), ("std", std),
+             ("scale", scale))  # not a method name: the pixel scale
+    names = [spell(n) for n, v in given if v is not None]
     return "/".join(names) if names else ""
 
 
@@ -391,7 +393,8 @@ def classifier_line(check: dict) -> str:
 
 
 def classifier_warning(check: dict, spell=lambda n: n) -> str:
-    names = "/".join(spell(n) for n in ("mean", "std", "scale", "recipe"))
+    options = ("mean", "std", "scale", "recipe")  # not a method name: the pixel scale
+    names = "/".join(spell(n) for n in options)
     return (f"the classifier looks like chance on the calibration images ("
             f"{'; '.join(check.get('reasons', []))}): the preprocessing is probably wrong "
             f"(or the labels do not follow the model's class order); pass the model's own "
