@@ -24,7 +24,7 @@ import torch
 import edgeood
 from edgeood.runtime.onnxruntime.node_count import added_nodes
 from edgeood.tools.profile import round_robin
-from common import NO_SPIN, THREADS, lite0_graph, parser, session, tapped_model
+from common import NO_SPIN, THREADS, lite0_graph, parser, save_result, session, tapped_model
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 PROFILE_RUNS = 20
@@ -206,7 +206,7 @@ def main():
     print("nodes added after ORT_ENABLE_EXTENDED: " + ", ".join(
         f"{k} {v['added']}" for k, v in result["added_nodes"].items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save_result(args.out, result)
     print(f"wrote {args.out}")
 
 

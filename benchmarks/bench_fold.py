@@ -10,7 +10,6 @@ head adds after ONNX Runtime's extended optimisations (each one a kernel launch 
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import edgeood
 from edgeood.methods import ModelInfo, from_metadata
 from edgeood.runtime.onnxruntime.node_count import added_nodes
 from edgeood.tools.profile import round_robin
-from common import THREADS, lite0_graph, parser, session, tapped_model, tapped_session
+from common import THREADS, lite0_graph, parser, save_result, session, tapped_model, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 METHODS = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm"]
@@ -95,7 +94,7 @@ def main():
                 print(f"  {m:12s} " + "  ".join(
                     f"{k.replace('_over_', '/')} {v['min']:.3f}/{v['p50']:.3f}" for k, v in r.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save_result(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -32,7 +32,7 @@ import edgeood
 from edgeood.data import Preprocess
 from edgeood.methods import REGISTRY
 from edgeood.tools.profile import round_robin
-from common import NO_SPIN, THREADS, lite0_graph, parser, session, tapped_session
+from common import NO_SPIN, THREADS, lite0_graph, parser, save_result, session, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 BANKS = [1000, 10000, 25000, 50000]
@@ -174,7 +174,7 @@ def main():
     result["load_average_1min"]["end"] = os.getloadavg()[0]  # other work on the machine
     print("goals:", json.dumps(result["goals"]), "load:", result["load_average_1min"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save_result(args.out, result)
     print(f"wrote {args.out}")
 
 

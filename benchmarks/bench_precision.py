@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeood
+from common import save_result  # noqa: E402 (benchmarks/common.py)
 from edgeood.tools.evaluate import evaluate_many
 
 ALL = ["energy", "msp", "maxlogit", "react", "scale", "featurenorm", "adascale_a", "adascale_l",
@@ -201,18 +202,18 @@ def main():
                     name, folder, args.methods.split(","), args.precisions.split(","),
                     args.int8_method)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(result, indent=2))
+                save_result(path, result)
         if args.part in ("modes", "all"):
             for name in args.models.split(","):
                 folder = Path(tmp) / f"modes_{name}"
                 folder.mkdir()
                 result.setdefault("modes", {}).setdefault(name, {}).update(
                     modes(name, folder, args.families.split(",")))
-                path.write_text(json.dumps(result, indent=2))
+                save_result(path, result)
         if args.part in ("latency", "all"):
             result["latency_lite0"] = latency(Path(tmp), args.rounds, args.per_round, args.batch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    save_result(path, result)
     print(f"wrote {path}")
 
 

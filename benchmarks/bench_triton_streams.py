@@ -15,7 +15,6 @@ Needs the server of .ci/triton-setup.sh (.venv-triton); run from the repository 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeood
+from common import save_result  # noqa: E402 (benchmarks/common.py)
 from edgeood.deploy.client import Served, run_streams
 from edgeood.deploy.triton_python import triton_python_repository
 from edgeood.stats.monitor import StreamMonitor
@@ -138,7 +138,7 @@ def main() -> None:
         finally:
             server.stop()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save_result(args.out, result)
     print(f"wrote {args.out}")
 
 

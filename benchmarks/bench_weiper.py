@@ -13,7 +13,6 @@ distance to the memory-bandwidth floor is visible.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from edgeood.runtime.onnxruntime.node_count import added_nodes
 from edgeood.methods.weiper import EPS_L, EPS_Z, smooth
 from edgeood.tools.profile import round_robin
 import common
-from common import lite0_graph, parser, session, tapped_model, tapped_session
+from common import lite0_graph, parser, save_result, session, tapped_model, tapped_session
 from edgeood.zoo import efficientnet_lite0 as lite0
 
 VARIANTS = [  # (name, method, storage, params); ":compare": the histograms before the scatter
@@ -206,7 +205,7 @@ def main():
     print("nodes added after ORT_ENABLE_EXTENDED: " + ", ".join(
         f"{k} {v['added']}" for k, v in result.get("added_nodes", {}).items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save_result(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -49,3 +49,31 @@ def parser(out: str, rounds: int, per_round: int) -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=THREADS,
                     help="ONNX Runtime intra-op threads (set common.THREADS from it)")
     return ap
+
+
+def run_info() -> dict:
+    """When and where a result was measured (every results JSON carries it as "run")."""
+    import datetime
+    import os
+    import platform
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": platform.platform(), "processor": platform.processor() or None,
+            "cpus": os.cpu_count(), "python": platform.python_version()}
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+        info["load_average_1min"] = os.getloadavg()[0]
+    except (ImportError, OSError):
+        pass
+    return info
+
+
+def save_result(path, result: dict) -> None:
+    """Write a benchmark's JSON with its run info, atomically (a half-written results file
+    would break the docs build)."""
+    import json
+    from pathlib import Path
+
+    from edgeood.artifact.files import atomic_write
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(path), json.dumps({**result, "run": run_info()}, indent=2))

@@ -17,7 +17,6 @@ a few streams. Also writes a plot of R_t over one stream with the switch and the
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeood
+from common import save_result  # noqa: E402 (benchmarks/common.py)
 from edgeood.stats.monitor import StreamMonitor
 from edgeood.runtime.onnxruntime.backend import OrtBackend
 from edgeood.zoo import digits
@@ -131,7 +131,7 @@ def main():
     results["seconds"] = time.perf_counter() - t0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save_result(out, results)
     print(f"wrote {out}")
     print(markdown(results))
     plot(plot_stream, out.with_suffix(".png"))

@@ -62,9 +62,31 @@ def provenance(name: str, data: dict) -> str:
     if "load_average_1min" in data:
         la = data["load_average_1min"]
         parts.append(f"1-min load average {la.get('start', 0):.2f} -> {la.get('end', 0):.2f}")
-    when = [data[k] for k in ("date", "machine", "host") if k in data]
-    where = ", ".join(map(str, when)) if when else "machine and date not recorded in the file"
-    return f"Recorded in {rel(name)} ({'; '.join(parts + [where])})."
+    return f"Recorded in {rel(name)} ({'; '.join(parts + [when_where(name, data)])})."
+
+
+def when_where(name: str, data: dict) -> str:
+    """The run's date and machine: its "run" entry (benchmarks/common.py save_result), else
+    the date the results file was committed (git), the machine unrecorded."""
+    run = data.get("run") or {}
+    if run:
+        return (f"run {run.get('date', '?')} on {run.get('machine', '?')}, "
+                f"{run.get('cpus', '?')} CPUs")
+    committed = committed_on(name)
+    machine = "" if data.get("machine") else "; machine not recorded in the file"
+    return (f"committed {committed}{machine}" if committed else
+            "machine and date not recorded in the file")
+
+
+@lru_cache(maxsize=None)
+def committed_on(name: str) -> str | None:
+    import subprocess
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", f"benchmarks/results/{name}"],
+                             capture_output=True, text=True, cwd=REPO, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 # --- per-method cost ----------------------------------------------------------------------------
@@ -202,7 +224,7 @@ def grood_table() -> str:
 def precision_tables() -> str:
     d = load("precision.json")
     out = [f"Recorded in {rel('precision.json')} (runtime: {d.get('runtime', 'not recorded')}; "
-           "machine and date not recorded in the file). Note from the file: " + d.get("note", "")]
+           f"{when_where('precision.json', d)}). Note from the file: " + d.get("note", "")]
     for key, drift in d["drift"].items():
         precs = list(drift.get("export_seconds", {}))
         rows = [[c["method"], c["ood"], " / ".join(f"{100 * a:.2f}" for a in c["auroc"]),
@@ -245,8 +267,8 @@ def stream_table() -> str:
             + f"\n\n{det['model']}, n = {det['reference_size']} reference scores, "
             f"{d['streams']} streams per cell, the switch to OOD after "
             f"{d['id_frames_before_switch']} ID frames (delay = OOD frames seen when the alarm "
-            f"rings). Recorded in {rel('stream_monitor.json')} (machine and date not recorded "
-            "in the file).")
+            f"rings). Recorded in {rel('stream_monitor.json')} "
+            f"({when_where('stream_monitor.json', d)}).")
 
 
 def triton_table() -> str:
@@ -260,13 +282,14 @@ def triton_table() -> str:
                      f"{r['ratio_to_raw_ort']:.2f}",
                      str(r["exactness"]["streams_with_other_alarms"])])
     machine = d.get("machine", {})
-    where = f"{machine.get('cpus', '?')} CPUs, {machine.get('platform', '?')}"
+    where = f"{machine.get('cpus', '?')} CPUs, {machine.get('platform', '?')}; " + \
+        when_where("triton_streams.json", d)
     return (table(["streams", "frames/s", "p50", "p99", "frames per execution",
                    "raw ORT frames/s (batch 8)", "ratio to raw ORT",
                    "streams whose alarms differ from their offline monitor"], rows)
             + f"\n\n{d['model']}; {d['server']}; {d['transport']}; {d['frames_per_stream']} "
             f"frames per stream, median of {d['repeats']} runs. Recorded in "
-            f"{rel('triton_streams.json')} ({where}; date not recorded in the file).")
+            f"{rel('triton_streams.json')} ({where}).")
 
 
 def digits_table() -> str:
