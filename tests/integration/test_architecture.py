@@ -188,3 +188,16 @@ def test_stream_monitor_needs_numpy_only():
             "from edgeood.stats.monitor import StreamMonitor; "
             "from edgeood.artifact.metadata import DetectorMetadata")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists the packages by hand (export_recipes is mapped into edgeood): every
+    folder of edgeood with an __init__.py must be in that list, or a pip install lacks it."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
