@@ -182,7 +182,7 @@ def test_rows_counted_together_are_each_exact(base):
     import onnx_graphsurgeon as gs
 
     from edgeood.graph.model import to_model
-    from edgeood.methods.bincount import Row, graph_raw_counts, raw_to_bins
+    from edgeood.methods.blocks.histogram import Row, graph_raw_counts, raw_to_bins
     specs = [(histogram_edges(-3.2, 7.9, 100), 1500, "scatter"),
              (histogram_edges(0.0, 1000.0, 50), 700, "compare"),
              (histogram_edges(-1e4, -9e3, 100), 2048, "scatter")]
