@@ -1,8 +1,14 @@
 """User-facing errors: one line that says what is wrong and how to fix it."""
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Iterable
+from contextvars import ContextVar
+from typing import Iterable, Iterator
+
+# who called: "cli" while an `edgeood` command runs, else "python". Errors raised deep in the
+# library name an option the way the caller wrote it (spell).
+_CALLER: ContextVar[str] = ContextVar("edgeood_caller", default="python")
 
 
 class EdgeoodError(Exception):
@@ -24,3 +30,19 @@ def nearest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
     choices = list(choices)
     close = difflib.get_close_matches(name, choices, n=n, cutoff=0.0)
     return close or choices[:n]
+
+
+def spell(option: str) -> str:
+    """An option in the caller's words: `--int8-method` on the command line, `int8_method` from
+    Python."""
+    return "--" + option.replace("_", "-") if _CALLER.get() == "cli" else option
+
+
+@contextlib.contextmanager
+def called_from(caller: str) -> Iterator[None]:
+    """Errors raised inside the block spell options for this caller ("cli" or "python")."""
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)

@@ -21,7 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 from edgeood.version import __version__
 from edgeood.config import (BUILD, CALIBRATE, CHECK, DEEPSTREAM, DEMO, EVAL, EXPORT, INSPECT,
                             PROFILE, RUN, TRITON, WATCH, cli_option)
-from edgeood.errors import EdgeoodError
+from edgeood.errors import EdgeoodError, called_from
 
 
 
@@ -80,7 +80,8 @@ def command(fn, on: typer.Typer | None = None):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with called_from("cli"):
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
         except EdgeoodError as exc:

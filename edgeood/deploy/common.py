@@ -14,7 +14,7 @@ import onnx
 from edgeood.artifact.names import (IMAGE_INPUT, IS_OOD, LOGITS, MONITOR_STATE, MONITOR_STATE_OUT,
                                  PVALUE_PREFIX, SCORE_PREFIX, STREAM_ALARM)
 from edgeood.artifact.files import atomic_copy, atomic_write, kind_of, strip_suffix
-from edgeood.errors import EdgeoodError
+from edgeood.errors import EdgeoodError, spell
 from edgeood.graph.signature import model_tensors
 from edgeood.artifact.metadata import (DetectorMetadata, read_metadata, read_with_model,
                                       sidecar_path)
@@ -145,7 +145,7 @@ def choose_entry(det: DeployedModel, entry: str | None) -> str:
     if entry is None:
         return "image" if has_image else "float"
     if entry not in ("image", "uint8", "float"):
-        raise EdgeoodError(f"--input {entry} must be image (uint8 frames) or float")
+        raise EdgeoodError(f"{spell('input')} {entry} must be image (uint8 frames) or float")
     entry = "image" if entry == "uint8" else entry
     if entry == "image" and not has_image:
         raise EdgeoodError(f"{det.path} has no uint8 image input; re-export it with --input "

@@ -41,7 +41,7 @@ from edgeood.artifact.files import file_mode
 from edgeood.artifact.tensors import TensorSpec
 from edgeood.deploy.common import (copy_file, open_detector, save_model,
                                    single_entry_model, write_text)
-from edgeood.errors import EdgeoodError
+from edgeood.errors import EdgeoodError, spell
 from edgeood.graph.ops import scope
 from edgeood.tensorrt.rewrite import tensorrt_model
 from edgeood.version import __version__
@@ -139,7 +139,7 @@ def deepstream_config(detector, out_dir, batch: int = 1, half: bool = False, dev
     """Write the nvinfer config, the model it runs, the output spec and the probe sample."""
     det = open_detector(detector)
     if batch < 1:
-        raise EdgeoodError(f"--batch {batch} must be >= 1")
+        raise EdgeoodError(f"{spell('batch')} {batch} must be >= 1")
     pre = Preprocess.from_dict(det.meta.preprocessing or {})
     if pre.color not in COLOR_FORMAT:
         raise EdgeoodError(f"colour order {pre.color} has no nvinfer model-color-format")
@@ -154,7 +154,7 @@ def deepstream_config(detector, out_dir, batch: int = 1, half: bool = False, dev
     elif det.engine_batch is not None:
         top, dynamic = det.engine_batch
         if dynamic and batch > top:
-            raise EdgeoodError(f"--batch {batch} is more than the engine's profile allows "
+            raise EdgeoodError(f"{spell('batch')} {batch} is more than the engine's profile allows "
                                f"({top}); pass --batch {top} or rebuild it")
         batch = batch if dynamic else top
     props: dict = {"gpu-id": device, "net-scale-factor": scale, "offsets": offsets,

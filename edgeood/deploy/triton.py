@@ -27,7 +27,7 @@ from edgeood.artifact.tensors import TensorSpec
 from edgeood.deploy.common import (DeployedModel, choose_entry, copy_file, entry_tensors,
                                    open_detector, replace_dir, save_model, single_entry_model,
                                    write_text)
-from edgeood.errors import EdgeoodError, did_you_mean
+from edgeood.errors import EdgeoodError, did_you_mean, spell
 from edgeood.artifact.metadata import dumps
 from edgeood.version import __version__
 
@@ -89,7 +89,7 @@ def batching(det: DeployedModel, max_batch: int | None) -> tuple[bool, int, bool
     (edgeood build): a dynamic profile serves 1..its max batch; a fixed one exactly its batch
     (max_batch_size 1 for batch 1, else 0 with that batch in the dims)."""
     if max_batch is not None and max_batch < 1:
-        raise EdgeoodError(f"--batch {max_batch} must be >= 1")
+        raise EdgeoodError(f"{spell('batch')} {max_batch} must be >= 1")
     if det.fixed_batch is not None:
         return False, 0, False, None
     profile = det.engine_batch
@@ -98,7 +98,8 @@ def batching(det: DeployedModel, max_batch: int | None) -> tuple[bool, int, bool
     top, dynamic = profile
     if dynamic:
         if max_batch is not None and max_batch > top:
-            raise EdgeoodError(f"--batch {max_batch} is more than the engine's profile allows "
+            raise EdgeoodError(f"{spell('batch')} {max_batch} is more than the engine's profile "
+                               f"allows "
                                f"({top}); pass --batch {top} or rebuild with --batch "
                                f"{max_batch} --dynamic")
         return True, max_batch or top, True, None
@@ -112,10 +113,10 @@ def config_text(det: DeployedModel, name: str, entry: str, max_batch: int | None
     """The config.pbtxt of the detector served on `entry` (max_batch: the max_batch_size,
     default 8, or an engine's profile maximum)."""
     if kind not in KINDS:
-        raise EdgeoodError(f"--kind {kind} must be one of {', '.join(KINDS)}"
+        raise EdgeoodError(f"{spell('kind')} {kind} must be one of {', '.join(KINDS)}"
                            f"{did_you_mean(kind, list(KINDS))}")
     if instances < 1:
-        raise EdgeoodError(f"--instances {instances} must be >= 1")
+        raise EdgeoodError(f"{spell('instances')} {instances} must be >= 1")
     strip, max_size, dynamic, fixed_batch = batching(det, max_batch)
     monitor = det.monitor_state
     if monitor is not None and max_size == 0:

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from edgeood.errors import EdgeoodError
+from edgeood.errors import EdgeoodError, spell
 from edgeood.graph.subgraph import nodes_between
 
 F16, F32 = np.float16, np.float32
@@ -240,7 +240,8 @@ def quantize_int8(graph: gs.Graph, head, source, pre, batch: int, method: str = 
         quantize_static,
     )
     if method not in INT8_METHODS:
-        raise EdgeoodError(f"--int8-method {method} is not one of {', '.join(INT8_METHODS)}")
+        raise EdgeoodError(f"{spell('int8_method')} {method} is not one of "
+                           f"{', '.join(INT8_METHODS)}")
     g = graph.copy()
     t = g.tensors()
     logits = t[head.logits]
@@ -438,7 +439,8 @@ def reduce_precision(graph: gs.Graph, head, precision: str, source, pre, batch: 
                             "and every op output stay float16-rounded"})
     elif precision == "int8":
         if source is None:
-            raise EdgeoodError("--int8 calibrates the activation ranges on ID images: pass "
+            raise EdgeoodError(f"{spell('int8')} calibrates the activation ranges on ID images: "
+                               f"pass "
                                "--data ID_DIR")
         if len(source) < INT8_RECOMMENDED:
             warn(f"{source.name} holds {len(source)} images; int8 activation ranges from fewer "

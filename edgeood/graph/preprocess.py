@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from edgeood.artifact.names import IMAGE_INPUT
 from edgeood.data import Preprocess
-from edgeood.errors import EdgeoodError
+from edgeood.errors import EdgeoodError, spell
 from edgeood.graph.model import batch_dim
 from edgeood.graph.ops import constant, scope
 from edgeood.graph.signature import io_spec
@@ -49,7 +49,8 @@ def add_image_input(graph: gs.Graph, pre: Preprocess) -> gs.Variable:
     x = graph.inputs[0]
     n = batch_dim(graph)
     if isinstance(n, int):
-        raise EdgeoodError(f"--input uint8 needs a dynamic batch axis, but the model has a fixed "
+        raise EdgeoodError(f"{spell('input')} uint8 needs a dynamic batch axis, but the model "
+                           f"has a fixed "
                            f"batch of {n}; re-export it with a dynamic batch (torch.onnx.export "
                            "dynamic_axes) or use the float input")
     c, (h, w) = pre.channels, pre.size
@@ -155,9 +156,10 @@ def entry_model(detector, which: str, frame=None) -> tuple[onnx.ModelProto, dict
     from edgeood.artifact.metadata import KEY, read_metadata
     entry = {"uint8": "image", "image": "image", "float": "float"}.get(which)
     if entry is None:
-        raise EdgeoodError(f"--input {which!r} must be uint8 (camera frames) or float")
+        raise EdgeoodError(f"{spell('input')} {which!r} must be uint8 (camera frames) or float")
     if frame is not None and entry != "image":
-        raise EdgeoodError("--frame-size is the camera frame of the uint8 entry: add --input "
+        raise EdgeoodError(f"{spell('frame_size')} is the camera frame of the uint8 entry: add "
+                           f"--input "
                            "uint8 (or drop --frame-size)")
     model = load_model(detector)
     graph = gs.import_onnx(model)
@@ -185,7 +187,8 @@ def _frame_shape(model: onnx.ModelProto, meta: dict, frame) -> tuple[onnx.ModelP
     h, w = image.shape[1], image.shape[2]
     if isinstance(h, int) and isinstance(w, int):  # no resize in the graph: the model's size
         if frame is not None and any(tuple(s) != (h, w) for s in frame):
-            raise EdgeoodError(f"--frame-size: this detector takes frames of {h}x{w} only (its "
+            raise EdgeoodError(f"{spell('frame_size')}: this detector takes frames of {h}x{w} "
+                               f"only (its "
                                f"preprocessing does not resize); pass --frame-size {h}x{w} or "
                                "drop it")
         return model, meta

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeood.errors import EdgeoodError
+from edgeood.errors import EdgeoodError, spell
 from edgeood.artifact.files import ENGINE_SUFFIXES, is_engine, kind_of  # noqa: F401
 from edgeood.artifact.metadata import read_metadata, sidecar_path
 from edgeood.runtime.detector import Detection, Detector  # noqa: F401
@@ -61,7 +61,8 @@ def backend_for(path: Path, meta: dict | None = None, providers: list | None = N
     path = Path(path)
     if kind_of(path) == "engine":
         if device not in (None, "gpu") and not str(device).startswith("dla"):
-            raise EdgeoodError(f"--device {device} applies to .onnx detectors; {path.name} is a "
+            raise EdgeoodError(f"{spell('device')} {device} applies to .onnx detectors; "
+                               f"{path.name} is a "
                                "TensorRT engine and runs on the device it was built for")
         from edgeood.runtime.tensorrt.backend import TensorRTBackend
         return TensorRTBackend(path, meta, cuda_graph=cuda_graph)

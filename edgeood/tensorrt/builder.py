@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from edgeood.artifact.names import IMAGE_INPUT, LOGITS
-from edgeood.errors import EdgeoodError, did_you_mean
+from edgeood.errors import EdgeoodError, did_you_mean, spell
 from edgeood.artifact.metadata import dumps, read_metadata, sidecar_path, validate
 from edgeood.artifact.truth import check_graph
 from edgeood.artifact.files import (ENGINE_SUFFIXES, atomic_write, file_sha256, is_engine,
@@ -95,11 +95,13 @@ class TrtFeatures:
     @classmethod
     def assumed(cls, version: str) -> TrtFeatures:
         if not re.fullmatch(r"\d+(\.\d+){0,3}", version or ""):
-            raise EdgeoodError(f"--trt-version {version!r} is not a TensorRT version; e.g. 10.3 "
+            raise EdgeoodError(f"{spell('trt_version')} {version!r} is not a TensorRT version; "
+                               f"e.g. 10.3 "
                                "(JetPack 6) or 10.13")
         major = int(version.split(".")[0])
         if major < 10:
-            raise EdgeoodError(f"--trt-version {version}: edgeood builds for TensorRT 10 and 11")
+            raise EdgeoodError(f"{spell('trt_version')} {version}: edgeood builds for TensorRT "
+                               f"10 and 11")
         weak = major < 11
         return cls(version, fp16_flag=weak, strongly_typed_flag=True, tf32_flag=True,
                    precision_constraints=weak, dla=True)
@@ -204,7 +206,8 @@ def parse_device(device: str) -> str:
     m = re.fullmatch(r"dla:?(\d+)", d)
     if m:
         return f"dla{int(m.group(1))}"
-    raise EdgeoodError(f"--device {device} is not gpu or dla:N (e.g. dla:0 on a Jetson Orin)"
+    raise EdgeoodError(f"{spell('device')} {device} is not gpu or dla:N (e.g. dla:0 on a Jetson "
+                       f"Orin)"
                        f"{did_you_mean(d, ['gpu', 'dla:0', 'dla:1'])}")
 
 
@@ -276,11 +279,11 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
     if model is None and not path.is_file():
         raise EdgeoodError(f"{path}: no such file; pass a detector written by edgeood export")
     if half and int8:
-        raise EdgeoodError("--half and --int8 exclude each other; pass one")
+        raise EdgeoodError(f"{spell('half')} and {spell('int8')} exclude each other; pass one")
     if batch is not None and batch < 1:
-        raise EdgeoodError(f"--batch {batch} must be >= 1")
+        raise EdgeoodError(f"{spell('batch')} {batch} must be >= 1")
     if workspace is not None and not workspace > 0:
-        raise EdgeoodError(f"--workspace {workspace} must be > 0 (GB)")
+        raise EdgeoodError(f"{spell('workspace')} {workspace} must be > 0 (GB)")
     dev = parse_device(device)
     if meta is None:
         meta = read_metadata(path)
@@ -306,7 +309,8 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
             raise EdgeoodError(f"{path} is an int8 (Q/DQ) detector; drop --half")
         precision = "int8"
     elif int8:
-        raise EdgeoodError(f"--int8 builds from the detector's own Q/DQ nodes (calibrators are "
+        raise EdgeoodError(f"{spell('int8')} builds from the detector's own Q/DQ nodes "
+                           f"(calibrators are "
                            f"deprecated in TensorRT 10 and gone in 11) and {path.name} is "
                            f"{given}: export it with --int8 (edgeood export MODEL --int8 --data "
                            "ID_DIR), then build")
@@ -331,7 +335,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
             raise EdgeoodError(f"{path.name} has a fixed batch of {b0}; pass --batch {b0} or "
                                "re-export it with a dynamic batch axis")
         if dynamic:
-            raise EdgeoodError(f"--dynamic needs a detector with a dynamic batch axis; "
+            raise EdgeoodError(f"{spell('dynamic')} needs a detector with a dynamic batch axis; "
                                f"{path.name} has a fixed batch of {b0}")
         max_batch = b0
     else:
@@ -348,7 +352,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
                                    "240x320:480x640:1080x1920)")
             if frame_size is not None and not frame and \
                     any(tuple(s) != tuple(inp.shape[1:3]) for s in frame_size):
-                raise EdgeoodError(f"--frame-size: input {inp.name} of {path.name} takes "
+                raise EdgeoodError(f"{spell('frame_size')}: input {inp.name} of {path.name} takes "
                                    f"{inp.shape[1]}x{inp.shape[2]} frames only")
             bad = [d for d in inp.shape[3:] if not isinstance(d, int)]
         if bad:
@@ -357,7 +361,7 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
                                "engines here need a fixed image "
                                "size: re-export with --imgsz")
     if frame_size is not None and not any(i.name == IMAGE_INPUT for i in inputs):
-        raise EdgeoodError(f"--frame-size is the camera frame of a uint8 image input and "
+        raise EdgeoodError(f"{spell('frame_size')} is the camera frame of a uint8 image input and "
                            f"{path.name} has none: add --input uint8 (or drop --frame-size)")
     if dev != "gpu":
         if precision == "float32":
@@ -377,12 +381,13 @@ def validate_build(detector: str | Path, half: bool = False, int8: bool = False,
                            frame_size=_frame_of(inputs, frame_size))
     cache = Path(timing_cache) if timing_cache is not None else None
     if cache is not None and not cache.parent.exists():
-        raise EdgeoodError(f"--timing-cache folder {cache.parent} does not exist; create it "
+        raise EdgeoodError(f"{spell('timing_cache')} folder {cache.parent} does not exist; "
+                           f"create it "
                            "first")
     target = Path(out) if out is not None else default_engine_path(path, options,
                                                                     features.version)
     if target.suffix.lower() not in ENGINE_SUFFIXES:
-        raise EdgeoodError(f"--out {target}: an engine file ends in "
+        raise EdgeoodError(f"{spell('out')} {target}: an engine file ends in "
                            f"{', '.join(ENGINE_SUFFIXES)}")
     if not target.parent.exists():
         raise EdgeoodError(f"output folder {target.parent} does not exist; create it or pass "
@@ -674,7 +679,8 @@ def build_engine(req: BuildRequest, log: Log = _logged, force: bool = False) -> 
     core = o.dla_core
     if core is not None:
         if builder.num_DLA_cores <= core:
-            raise EdgeoodError(f"--device dla:{core}: this device has {builder.num_DLA_cores} "
+            raise EdgeoodError(f"{spell('device')} dla:{core}: this device has "
+                               f"{builder.num_DLA_cores} "
                                "DLA cores")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = core

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeood.errors import EdgeoodError
+from edgeood.errors import EdgeoodError, spell
 from edgeood.runtime.backend import Backend
 
 
@@ -29,7 +29,7 @@ def input_for(backend: Backend, batch: int, imgsz=None, seed: int = 0) -> np.nda
         asked = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         if asked != (h, w):
             from edgeood.progress import warn
-            warn(f"--imgsz {imgsz} is ignored: the model's input is fixed at {h}x{w}")
+            warn(f"{spell('imgsz')} {imgsz} is ignored: the model's input is fixed at {h}x{w}")
     if backend.fixed_batch and backend.fixed_batch != batch:
         raise EdgeoodError(f"the model has a fixed batch of {backend.fixed_batch}; "
                            f"pass --batch {backend.fixed_batch}")
@@ -93,7 +93,7 @@ def profile(path, batch: int = 1, warmup: int = 10, iterations: int = 100, imgsz
     camera frames of frame_size, inference, host post-processing into per-image results); with
     a TensorRT engine and layers > 0 also the `layers` slowest layers from TensorRT's profiler."""
     if batch < 1 or iterations < 1 or warmup < 0:
-        raise EdgeoodError("--batch and --iterations must be >= 1 and --warmup >= 0")
+        raise EdgeoodError(f"{spell('batch')} and --iterations must be >= 1 and --warmup >= 0")
     few = too_few_runs(iterations, percentiles)
     if few:
         from edgeood.progress import warn

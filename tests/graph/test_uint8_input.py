@@ -186,9 +186,17 @@ def test_fixed_batch_model_is_refused_in_one_line(digits_model, digits_data, tmp
     for t in list(m.graph.input) + list(m.graph.output):
         t.type.tensor_type.shape.dim[0].dim_value = 4
     onnx.save(m, str(tmp_path / "fixed.onnx"))
-    with pytest.raises(EdgeoodError, match="--input uint8 needs a dynamic batch axis"):
+    # the option in the caller's words: input= from Python, --input on the command line
+    with pytest.raises(EdgeoodError, match="^input uint8 needs a dynamic batch axis"):
         edgeood.export(tmp_path / "fixed.onnx", data=digits_data.val[0], methods=["energy"],
                        recipe="digits_cnn", out=tmp_path / "f.onnx", input="uint8")
+    assert not (tmp_path / "f.onnx").exists()
+    from tests.helpers.cli import cli
+    np.save(tmp_path / "val.npy", digits_data.val[0])
+    proc = cli("export", tmp_path / "fixed.onnx", "--data", tmp_path / "val.npy", "--recipe",
+               "digits_cnn", "--methods", "energy", "--out", tmp_path / "f.onnx", "--input",
+               "uint8", check=False)
+    assert proc.returncode == 2 and "--input uint8 needs a dynamic batch axis" in proc.stderr
     assert not (tmp_path / "f.onnx").exists()
 
 

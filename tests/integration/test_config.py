@@ -225,3 +225,20 @@ def test_named_recipes_found_from_the_source_tree_too():
     from tests.helpers import REPO
     assert (REPO / "export_recipes").resolve() in [d.resolve() for d in recipes.recipe_dirs()]
     assert {"digits_cnn", "efficientnet_lite0"} <= set(recipes.available())
+
+
+def test_errors_deep_in_the_library_speak_the_callers_words(digits_detector, tmp_path):
+    """Checks below the options table (the runtime's device, the TensorRT builder) name the
+    option as the caller wrote it: `device` from Python, `--device` on the command line."""
+    import edgeood
+    from edgeood.errors import called_from, spell
+    with pytest.raises(EdgeoodError) as python_err:
+        edgeood.load(digits_detector.path, device="gpux")
+    assert str(python_err.value).startswith("device gpux") and "--device" not in \
+        str(python_err.value)
+    with called_from("cli"):
+        assert spell("int8_method") == "--int8-method"
+        with pytest.raises(EdgeoodError) as cli_err:
+            edgeood.load(digits_detector.path, device="gpux")
+    assert str(cli_err.value).startswith("--device gpux")
+    assert spell("int8_method") == "int8_method"  # the CLI's context ended with its block

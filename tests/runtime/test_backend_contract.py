@@ -148,5 +148,5 @@ def test_one_function_maps_a_file_to_its_backend(digits_model, tmp_path):
     plain.close()
     with pytest.raises(EdgeoodError, match="unknown detector type"):
         backend_for(tmp_path / "model.txt")
-    with pytest.raises(EdgeoodError, match="--device cpu applies to .onnx detectors"):
+    with pytest.raises(EdgeoodError, match="^device cpu applies to .onnx detectors"):
         backend_for(tmp_path / "d.engine", {}, device="cpu")

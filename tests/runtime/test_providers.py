@@ -77,7 +77,7 @@ def test_missing_gpu_provider_is_one_line_with_the_fix(det):
     assert "pip uninstall -y onnxruntime" in msg and "onnxruntime-gpu" in msg
     with pytest.raises(EdgeoodError, match="did you mean"):
         OrtBackend(det, device="gpu")
-    with pytest.raises(EdgeoodError, match="--cuda-graph needs the CUDA or TensorRT"):
+    with pytest.raises(EdgeoodError, match="^cuda_graph needs the CUDA or TensorRT"):
         OrtBackend(det, cuda_graph=True)
 
 

@@ -106,7 +106,7 @@ def test_batch_and_device_arguments(tmp_path, det):
     assert validate_build(fixed, features=TRT10).options.max_batch == 4
     assert "fixed batch of 4; pass --batch 4" in err(validate_build, fixed, batch=8,
                                                      features=TRT10)
-    assert "--dynamic needs a detector with a dynamic batch" in err(
+    assert "dynamic needs a detector with a dynamic batch" in err(  # dynamic= from Python
         validate_build, fixed, dynamic=True, features=TRT10)
     assert validate_build(det, batch=16, features=TRT10).options.max_batch == 16
     assert "must be >= 1" in err(validate_build, det, batch=0, features=TRT10)

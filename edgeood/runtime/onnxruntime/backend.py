@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeood.artifact.names import IMAGE_INPUT, MONITOR_STATE
-from edgeood.errors import EdgeoodError
+from edgeood.errors import EdgeoodError, spell
 from edgeood.progress import warn
 from edgeood.runtime.backend import closed_error
 from edgeood.runtime.onnxruntime.providers import (CPU, GPU_PROVIDERS, PROVIDER_DEVICE, TENSORRT,  # noqa: F401
@@ -60,10 +60,11 @@ class OrtBackend:
         self.graph_runner = None
         if cuda_graph:
             if first == CPU:
-                raise EdgeoodError("--cuda-graph needs the CUDA or TensorRT provider; this "
+                raise EdgeoodError(f"{spell('cuda_graph')} needs the CUDA or TensorRT provider; "
+                                   f"this "
                                    "session runs on the CPU (pass --device cuda)")
             if self.fallback:
-                raise EdgeoodError(f"--cuda-graph needs every node on the GPU: "
+                raise EdgeoodError(f"{spell('cuda_graph')} needs every node on the GPU: "
                                    f"{describe_fallback(self.fallback, first)}")
             from edgeood.runtime.onnxruntime.graph import CudaGraphRunner
             self.graph_runner = CudaGraphRunner(self.session, self.fixed_batch or graph_batch)

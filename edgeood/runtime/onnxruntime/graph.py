@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeood.artifact.names import MONITOR_STATE
-from edgeood.errors import EdgeoodError
+from edgeood.errors import EdgeoodError, spell
 from edgeood.runtime.onnxruntime.providers import _NP_TYPES
 
 
@@ -27,7 +27,8 @@ def bound_shape(name: str, dims: list[Any], batch: int) -> list[int]:
         elif i == 0:
             shape.append(batch)
         else:
-            raise EdgeoodError(f"--cuda-graph needs fixed shapes; {name} has shape {dims}: "
+            raise EdgeoodError(f"{spell('cuda_graph')} needs fixed shapes; {name} has shape "
+                               f"{dims}: "
                                "export the detector with a fixed image size")
     return shape
 
@@ -37,7 +38,8 @@ class CudaGraphRunner:
 
     def __init__(self, session: ort.InferenceSession, batch: int | None, device_id: int = 0):
         if not batch:
-            raise EdgeoodError("--cuda-graph needs a fixed batch: pass --batch N (the graph is "
+            raise EdgeoodError(f"{spell('cuda_graph')} needs a fixed batch: pass --batch N (the "
+                               f"graph is "
                                "captured for that batch and smaller batches are padded)")
         self.session, self.batch = session, int(batch)
         self.io = session.io_binding()
@@ -60,7 +62,7 @@ class CudaGraphRunner:
             self.outputs[out.name] = value
         entries = self.batched - {MONITOR_STATE}
         if len(entries) > 1:
-            raise EdgeoodError(f"--cuda-graph binds one image input; this detector has "
+            raise EdgeoodError(f"{spell('cuda_graph')} binds one image input; this detector has "
                                f"{', '.join(sorted(entries))}: export it with one input")
 
     def _pad(self, a: np.ndarray) -> np.ndarray:

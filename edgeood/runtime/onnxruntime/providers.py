@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 import onnxruntime as ort
 
-from edgeood.errors import EdgeoodError, did_you_mean
+from edgeood.errors import EdgeoodError, did_you_mean, spell
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 DEVICE_PROVIDERS = {"cpu": (CPU,), "cuda": (CUDA, CPU), "tensorrt": (TENSORRT, CUDA, CPU)}
@@ -98,7 +98,7 @@ def default_providers() -> list[str]:
 def check_device(device: str | None) -> str | None:
     if device is None or device in DEVICES:
         return device
-    raise EdgeoodError(f"--device {device} is not one of {', '.join(DEVICES)}"
+    raise EdgeoodError(f"{spell('device')} {device} is not one of {', '.join(DEVICES)}"
                        f"{did_you_mean(device, DEVICES)}")
 
 
@@ -127,7 +127,7 @@ def install_hint(installed: Sequence[str]) -> str:
 
 def unavailable(device: str, name: str) -> EdgeoodError:
     installed = installed_runtimes()
-    return EdgeoodError(f"--device {device}: ONNX Runtime has no usable {name} here "
+    return EdgeoodError(f"{spell('device')} {device}: ONNX Runtime has no usable {name} here "
                         f"({', '.join(installed) or 'onnxruntime'}, providers "
                         f"{', '.join(ort.get_available_providers())}); {install_hint(installed)}")
 
