@@ -5,6 +5,7 @@ monitor per sequence, kept host-side in float64 as `edgeood watch` does (exact a
                                  together), control inputs START / END / CORRID
     REPO/<name>/1/model.py       edgeood/deploy/triton_python_model.py
     REPO/<name>/1/triton_stream.py  the per-stream monitors (NumPy only)
+    REPO/<name>/1/betting.py        their arithmetic: a copy of edgeood/stats/betting.py
     REPO/<name>/1/model.onnx     the detector on its served entry
     REPO/<name>/1/stream.json    served input and outputs, the monitor's configuration
     REPO/<name>/edgeood.json     the detector's metadata
@@ -129,6 +130,7 @@ def triton_python_repository(detector, repository, name: str | None = None,
         here = Path(__file__).parent
         copy_file(here / "triton_python_model.py", version / "model.py")
         copy_file(here / "triton_stream.py", version / "triton_stream.py")
+        copy_file(here.parent / "stats" / "betting.py", version / "betting.py")
         save_model(single_entry_model(det, entry), version / "model.onnx")
         write_text(version / "stream.json", json.dumps(settings, indent=1))
         write_text(staging / "config.pbtxt", text)

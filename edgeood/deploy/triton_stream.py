@@ -1,40 +1,40 @@
 """Per-stream conformal test martingales for a served detector, NumPy only.
 
-`edgeood deploy triton --backend python` copies this file next to the generated model.py, so the
-server's Python needs NumPy (1.x or 2.x) but not edgeood. It repeats, per correlation id, what
-edgeood.stats.monitor.StreamMonitor does for one stream (float64, host-side): the Shiryaev-Roberts
-statistic R_t = (1 + R_{t-1}) g(p_t) with g the mean over the methods of power_mixture(p) /
-bet_scale, every stride-th frame, alarm when R_t >= arl, frozen after an alarm (or restarted from
+`edgeood deploy triton --backend python` copies this file next to the generated model.py, with
+edgeood/stats/betting.py beside it, so the server's Python needs NumPy (1.x or 2.x) but not
+edgeood. Per correlation id it keeps what edgeood.stats.monitor.StreamMonitor keeps for one
+stream (float64, host-side) and runs the same arithmetic (betting.py: the Shiryaev-Roberts
+statistic R_t = (1 + R_{t-1}) g(p_t), g the mean over the methods of power_mixture(p) /
+bet_scale, every stride-th frame, alarm when R_t >= arl, frozen after an alarm or restarted from
 0 with rearm). The configuration (methods, arl, stride, bet_scale) is the one StreamMonitor
 computes for the detector, written into the model folder at deploy time; tests compare the
 statistic and alarms bit for bit with StreamMonitor run offline.
 """
 from __future__ import annotations
 
+import importlib.util
 import time
+from pathlib import Path
 
 import numpy as np
 
-SERIES_BELOW = 0.5  # as edgeood.stats.monitor: the series below x = -ln p = 1/2
 
 
-def power_mixture(p) -> np.ndarray:
-    """f(p) = (1 - p + p ln p) / (p ln^2 p), f(1) = 1/2, float64 (edgeood.stats.monitor's
-    power_mixture, the same operations in the same order)."""
-    p = np.asarray(p, np.float64)
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        x = -np.log(p)
-        small = x < SERIES_BELOW
-        xs = np.where(small, x, 0.0)
-        acc = np.zeros_like(xs)
-        term = np.full_like(xs, 0.5)
-        for k in range(16):
-            acc = acc + term
-            term = term * xs / (k + 3)
-        xl = np.where(small, 1.0, x)
-        closed = (np.expm1(xl) - xl) / (xl * xl)
-        out = np.where(small, acc, closed)
-    return np.where(p == 0, np.inf, out)
+def _betting():
+    """edgeood/stats/betting.py: the copy beside this file in a served model folder (edgeood
+    is not installed there), else the package's own."""
+    here = Path(__file__).resolve()
+    path = here.with_name("betting.py")
+    if not path.is_file():
+        path = here.parents[1] / "stats" / "betting.py"
+    spec = importlib.util.spec_from_file_location("edgeood_served_betting", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_BETTING = _betting()
+power_mixture = _BETTING.power_mixture
 
 
 class _Stream:
@@ -93,18 +93,7 @@ class Streams:
         bet = np.full(t, np.nan)
         if used.any():
             bet[used] = power_mixture(ps[:, used]).mean(axis=0) / self.bet_scale
-        stat = np.empty(t)
-        alarm = np.empty(t, bool)
-        r, rang, arl = s.statistic, s.alarm, self.arl
-        for i in range(t):
-            if used[i]:
-                if rang and self.rearm:
-                    r, rang = 0.0, False
-                if not rang:
-                    r = (1.0 + r) * bet[i]
-                    if r >= arl:
-                        rang = True
-            stat[i], alarm[i] = r, rang
-        s.statistic, s.alarm = float(r), bool(rang)
+        stat, alarm, _, _, s.statistic, s.alarm = _BETTING.shiryaev_roberts(
+            bet, used, s.statistic, s.alarm, self.arl, self.rearm)
         s.frames += t
         return stat, alarm

@@ -77,6 +77,7 @@ import numpy as np
 
 from edgeood.artifact.names import MONITOR_STATE, MONITOR_STATE_OUT, STREAM_ALARM
 from edgeood.errors import EdgeoodError, did_you_mean
+from edgeood.stats.betting import SERIES_BELOW, power_mixture, shiryaev_roberts  # noqa: F401
 
 if TYPE_CHECKING:  # the monitor itself needs NumPy only (it also runs inside a Triton model)
     from edgeood.artifact.metadata import DetectorMetadata
@@ -88,34 +89,12 @@ QUANTILE_RTOL = 0.005         # Monte Carlo: 99% interval of q within 0.5% of q
 QUANTILE_FIRST_DRAWS = 20000
 QUANTILE_MAX_DRAWS = 1_280_000
 CHUNK_VALUES = 2_000_000      # exponentials drawn at once (chunks of draws for large n)
-SERIES_BELOW = 0.5            # x = -ln p below this: the series; above: the closed form
 SMALL_REFERENCE = 1000        # below this many reference scores the monitor advises more
 STATE_KIND = "edgeood.StreamMonitor"
 STATE_VERSION = 1
 
 
-# --- the betting function ----------------------------------------------------------------------
-def power_mixture(p) -> np.ndarray:
-    """f(p) = integral_0^1 e p^(e-1) de = (1 - p + p ln p) / (p ln^2 p), f(1) = 1/2, float64.
-
-    As a function of x = -ln p: (e^x - 1 - x) / x^2 = sum_k x^k / (k + 2)!; the series is
-    used for x < 1/2 (near p = 1, where the closed form cancels), expm1 above. f(0) = inf."""
-    p = np.asarray(p, np.float64)
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        x = -np.log(p)
-        small = x < SERIES_BELOW
-        xs = np.where(small, x, 0.0)
-        acc = np.zeros_like(xs)
-        term = np.full_like(xs, 0.5)
-        for k in range(16):  # x^k / (k+2)!; the 16th term is below 1e-17 relative at x = 1/2
-            acc = acc + term
-            term = term * xs / (k + 3)
-        xl = np.where(small, 1.0, x)
-        closed = (np.expm1(xl) - xl) / (xl * xl)
-        out = np.where(small, acc, closed)
-    return np.where(p == 0, np.inf, out)
-
-
+# --- the betting function: power_mixture (edgeood/stats/betting.py) ------------------------------
 def largest_bet(n: int) -> float:
     """f(1/(n+1)): the most one frame's p-value against n reference scores can earn."""
     return float(power_mixture(1.0 / (n + 1)))
@@ -394,25 +373,14 @@ class StreamMonitor:
         bet = np.full(t, np.nan)
         if used.any():
             bet[used] = power_mixture(ps[:, used]).mean(axis=0) / self.bet_scale
-        stat = np.empty(t)
-        alarm = np.empty(t, bool)
-        rings = np.zeros(t, bool)
-        r, rang, arl = self.statistic, self.alarm, self.arl
-        for i in range(t):
-            if used[i]:
-                if rang and self.rearm:
-                    r, rang = 0.0, False
-                if not rang:
-                    r = (1.0 + r) * bet[i]
-                    self.sampled += 1
-                    if r >= arl:
-                        rang = rings[i] = True
-                        self.alarms += 1
-                        if self.alarm_frame is None:
-                            self.alarm_frame = int(frame[i])
-                    self.max_statistic = max(self.max_statistic, r)
-            stat[i], alarm[i] = r, rang
-        self.statistic, self.alarm = float(r), bool(rang)
+        stat, alarm, stepped, rings, self.statistic, self.alarm = shiryaev_roberts(
+            bet, used, self.statistic, self.alarm, self.arl, self.rearm)
+        self.sampled += int(stepped.sum())
+        self.alarms += int(rings.sum())
+        if self.alarm_frame is None and rings.any():
+            self.alarm_frame = int(frame[np.argmax(rings)])
+        if stepped.any():
+            self.max_statistic = max(self.max_statistic, float(stat[stepped].max()))
         self.frames += t
         return MonitorSteps(frame, stat, alarm, used, bet, rings)
 

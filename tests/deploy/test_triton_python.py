@@ -14,6 +14,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from edgeood.deploy.triton_python import triton_python_repository
 from edgeood.deploy.triton_stream import Streams, power_mixture
+from tests.helpers import REPO
 from edgeood.errors import EdgeoodError
 from edgeood.graph.preprocess import entry_point
 from edgeood.stats import monitor as edgeood_monitor
@@ -88,9 +89,11 @@ def test_python_repository_files_and_config(tmp_path):
     assert seq.oldest.max_candidate_sequences == 32 and not seq.state
     assert sorted(c.name for c in seq.control_input) == ["CORRID", "END", "START"]
     files = sorted(p.name for p in (res.model_dir / "1").iterdir())
-    assert files == ["model.onnx", "model.py", "stream.json", "triton_stream.py"]
-    # model.py and triton_stream.py need NumPy and ONNX Runtime only
-    for f in ("model.py", "triton_stream.py"):
+    assert files == ["betting.py", "model.onnx", "model.py", "stream.json", "triton_stream.py"]
+    # model.py, triton_stream.py and betting.py (edgeood's own) need NumPy and ONNX Runtime only
+    assert (res.model_dir / "1" / "betting.py").read_bytes() == \
+        (REPO / "edgeood" / "stats" / "betting.py").read_bytes()
+    for f in ("model.py", "triton_stream.py", "betting.py"):
         tree = ast.parse((res.model_dir / "1" / f).read_text())
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
                     for a in n.names}

@@ -18,7 +18,7 @@ from edgeood.config import BuildConfig
 from edgeood.errors import EdgeoodError
 from edgeood.resize import HALF_PIXEL_LINEAR
 from edgeood.runtime.tensorrt.backend import tensorrt_or_none
-from edgeood.tensorrt.builder import TrtFeatures, trtexec_command
+from edgeood.tensorrt.builder import TrtFeatures
 from tests.helpers.deploy import bgr_detector, photo_frames
 
 TRT103 = TrtFeatures.assumed("10.3")
