@@ -469,8 +469,8 @@ class ExportConfig(Config):
     int8_method: str
     strict: bool
     names: Any
-    scale: float | None = None
-    resize: bool | None = None
+    scale: float | None
+    resize: bool | None
 
 
 @dataclass(frozen=True)
